@@ -1,0 +1,88 @@
+"""The gossip operator of one round, and the static topology that always returns the same one."""
+from __future__ import annotations
+
+from functools import cached_property
+
+import networkx as nx
+import torch
+
+from ..errors import ConfigError
+
+
+class Mixing:
+    """One round's mixing matrix W (N, N) and the gossip operator M(x) = W @ x.
+
+    W is kept in float64 on the host-chosen device; M(x) casts it once per dtype so that gossip runs in
+    the dtype of x. Float32 matmuls never use TF32 here: an averaging error of 1e-3 would put a floor
+    under the consensus distance.
+    """
+
+    def __init__(self, W: torch.Tensor):
+        if W.dim() != 2 or W.shape[0] != W.shape[1]:
+            raise ConfigError(f"mixing matrix must be square (N, N), got shape {tuple(W.shape)}")
+        self.W = W.to(torch.float64)  # (N, N)
+        self._cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    @property
+    def n(self) -> int:
+        return self.W.shape[0]
+
+    def dense(self) -> torch.Tensor:
+        """W as an (N, N) float64 tensor."""
+        return self.W
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """W @ x for x (N, P), in the dtype of x."""
+        key = (x.dtype, x.device)
+        W = self._cast.get(key)
+        if W is None:
+            W = self._cast[key] = self.W.to(dtype=x.dtype, device=x.device)
+        if x.is_cuda and x.dtype == torch.float32:
+            allow = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                return W @ x
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = allow
+        return W @ x
+
+    @cached_property
+    def neighbors(self) -> list[list[int]]:
+        """Active neighbours of each agent (j != i with W_ij != 0), in increasing order."""
+        A = (self.W != 0).cpu()
+        A.fill_diagonal_(False)
+        return [torch.nonzero(row).flatten().tolist() for row in A]
+
+    @cached_property
+    def degrees(self) -> torch.Tensor:
+        """Active out-degree of each agent, (N,) int64 on W's device."""
+        A = self.W != 0
+        return A.sum(1) - A.diagonal().to(torch.int64)
+
+    @cached_property
+    def edges(self) -> int:
+        """Number of active directed links (an undirected edge counts twice: one message each way)."""
+        return int(self.degrees.sum())
+
+
+class Topology:
+    """A static topology: the same Mixing every round. `graph` is the networkx graph it came from."""
+
+    def __init__(self, W: torch.Tensor, graph: nx.Graph | None = None, name: str = "custom"):
+        self._mixing = Mixing(W)
+        self.graph = graph
+        self.name = name
+
+    @property
+    def n(self) -> int:
+        return self._mixing.n
+
+    def mixing(self, t: int | torch.Tensor = 0) -> Mixing:
+        """The Mixing of round t (static topologies ignore t)."""
+        return self._mixing
+
+    def to(self, device: torch.device | str) -> Topology:
+        return Topology(self._mixing.W.to(device), self.graph, self.name)
+
+    def __repr__(self) -> str:
+        return f"Topology({self.name}, n={self.n})"

@@ -1,0 +1,93 @@
+"""What every algorithm is: a factory returning init and step over a NamedTuple state; and the registry.
+
+An algorithm owns one round. It never sees data, RNG streams, BatchNorm buffers or logging: the engine
+hands it a Round with the round index, the gradient oracle and the round's Mixing, and gets back the
+new state and a dict of per-agent statistics (device tensors; no host sync).
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from ...errors import ConfigError
+
+Oracle = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # x (N, P) -> loss (N,), g (N, P)
+
+# The simulated wire format sends float32 values whatever dtype the simulation runs in.
+BITS_PER_VALUE = 32
+
+
+class Round(NamedTuple):
+    """One round's inputs: t (0-dim tensor), grad(x) -> (loss (N,), g (N, P)), mixing (a graphs.Mixing)."""
+
+    t: torch.Tensor
+    grad: Oracle
+    mixing: Any
+
+
+class Algorithm(NamedTuple):
+    init: Callable[[torch.Tensor], NamedTuple]
+    step: Callable[[NamedTuple, Round], tuple[NamedTuple, dict[str, torch.Tensor]]]
+    name: str
+    hyper: dict[str, Any]
+
+
+_REGISTRY: dict[str, Callable[..., Algorithm]] = {}
+
+
+def register(name: str) -> Callable:
+    """Decorator: register a factory `f(**hyper) -> (init, step)` under `name`."""
+
+    def wrap(factory: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"algorithm {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def names() -> list[str]:
+    """Every registered algorithm, sorted."""
+    return sorted(_REGISTRY)
+
+
+def hyperparameters(name: str) -> dict[str, Any]:
+    """The hyperparameters `name` accepts, with their defaults (inspect.Parameter.empty when required)."""
+    return {k: p.default for k, p in inspect.signature(_factory(name)).parameters.items()}
+
+
+def make(name: str, **hyper: Any) -> Algorithm:
+    """Build a registered algorithm; unknown names and hyperparameters are answered with the closest valid one."""
+    factory = _factory(name)
+    accepted = hyperparameters(name)
+    for key in hyper:
+        if key not in accepted:
+            raise ConfigError(f"{name} has no hyperparameter {key!r}{_closest(key, accepted)}; "
+                              f"accepted: {', '.join(accepted)}")
+    missing = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in hyper]
+    if missing:
+        raise ConfigError(f"{name} needs {', '.join(missing)}")
+    init, step = factory(**hyper)
+    return Algorithm(init, step, name, {**{k: v for k, v in accepted.items()
+                                           if v is not inspect.Parameter.empty}, **hyper})
+
+
+def _factory(name: str) -> Callable:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown algorithm {name!r}{_closest(name, _REGISTRY)}; accepted: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def _closest(word: str, choices) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def gossip_bits(mixing, p: int) -> torch.Tensor:
+    """Bits each agent sends in one uncompressed gossip round: a float32 model to each active neighbour. (N,)"""
+    return mixing.degrees.to(torch.float64) * (BITS_PER_VALUE * p)

@@ -1,0 +1,39 @@
+"""D-PSGD in adapt-then-combine order (ATC), the form the MATCHA, AL-DSGD and CHOCO code bases run.
+
+Paper: Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms? A Case Study for
+Decentralized Parallel Stochastic Gradient Descent", arXiv 1705.09056 (its update is `dpsgd`).
+
+    X^{t+1} = W (X^t - lr * D(X^t))
+
+D is the local optimizer's direction (torch.optim.SGD semantics per row; momentum buffers stay local).
+Communication: the full float32 model to every active neighbour, 32*P bits per edge per round.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..local import LocalSGD, as_schedule
+from .base import Round, gossip_bits, register
+
+
+class DSGDState(NamedTuple):
+    x: torch.Tensor  # (N, P)
+    buf: torch.Tensor | None  # (N, P) local momentum, None without momentum
+
+
+@register("dsgd")
+def dsgd(lr, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+    opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
+
+    def init(x0: torch.Tensor) -> DSGDState:
+        return DSGDState(x0, opt.init(x0))
+
+    def step(state: DSGDState, rnd: Round):
+        loss, g = rnd.grad(state.x)  # (N,), (N, P)
+        d, buf = opt.direction(state.x, g, state.buf)
+        x = rnd.mixing(state.x - schedule(rnd.t) * d)
+        return DSGDState(x, buf), {"loss": loss, "bits": gossip_bits(rnd.mixing, x.shape[1])}
+
+    return init, step

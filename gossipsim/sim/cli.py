@@ -1,0 +1,100 @@
+"""The command line: `gossipsim run [CONFIG.toml] [--key=value ...]`.
+
+Exit status: 0 success, 2 a bad configuration or argument (one line on stderr, never a traceback),
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from ..errors import ConfigError
+
+
+def _parse_overrides(args: list[str]) -> tuple[str | None, dict[str, str]]:
+    """[CONFIG.toml] then --key=value or --key value pairs."""
+    path, values, i = None, {}, 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq:
+                if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                    raise ConfigError(f"--{key} needs a value: --{key}=VALUE")
+                i, value = i + 1, args[i + 1]
+            values[key.replace("-", "_")] = value
+        elif path is None and arg.endswith(".toml"):
+            path = arg
+        else:
+            raise ConfigError(f"unexpected argument {arg!r}: give a CONFIG.toml and --key=value options")
+        i += 1
+    return path, values
+
+
+def _keys_help() -> str:
+    from .config import Config
+
+    lines = ["keys (config file or --key=value), with defaults:"]
+    for f in dataclasses.fields(Config):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {f.name:<17} {default!r}")
+    return "\n".join(lines)
+
+
+def cmd_run(argv: list[str]) -> int:
+    from .config import Config, load_toml
+    from .experiment import build, quickstart, results_table
+
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: gossipsim run [CONFIG.toml] [--key=value ...]\n\n"
+              "With no arguments: the quickstart (dsgd, dpsgd, allreduce and local on a ring of 16 agents,\n"
+              "built-in synthetic dataset), a results table and runs/quickstart/.\n\n" + _keys_help())
+        return 0
+    if not argv:
+        rows, plot = quickstart(progress=sys.stderr.isatty())
+        print(results_table(rows))
+        print(f"\nrun directories and {plot.name} in {plot.parent}/")
+        return 0
+    path, overrides = _parse_overrides(argv)
+    values = load_toml(path) if path else {}
+    cfg = Config.from_dict({**values, **overrides})
+    engine = build(cfg)
+    history = engine.run(cfg.rounds)
+    row = {"algorithm": cfg.algorithm, **history[-1], "samples_per_s": engine.summary()["samples_per_s"]}
+    print(results_table([row]))
+    print(f"\nrun directory: {engine.run_dir.path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="gossipsim", description="Simulate decentralized (gossip) training "
+                                     "of N agents on one device.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("command", nargs="?", choices=["run"], help="run: train (no arguments: the quickstart)")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG.toml] [--key=value ...]")
+    if argv and argv[0] == "run":  # everything after `run` is ours, including --help
+        command, rest = "run", argv[1:]
+    else:
+        ns = parser.parse_args(argv)
+        if ns.version:
+            from .. import __version__
+            print(__version__)
+            return 0
+        if ns.command is None:
+            parser.print_help()
+            return 2
+        command, rest = ns.command, ns.args
+    try:
+        return {"run": cmd_run}[command](rest)
+    except ConfigError as e:
+        print(f"gossipsim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gossipsim: interrupted; files already written are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Experiment configuration: one flat set of keys, read from TOML and `--key=value`, validated up front.
+
+Every key is checked before anything runs: unknown keys are answered with the closest valid name, and
+values with their accepted range. Errors are ConfigError, one line each.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TOPOLOGIES = ("ring", "complete")
+PARTITIONS = ("iid", "dirichlet", "shards")
+SCHEDULES = ("constant", "multistep", "cosine")
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class Config:
+    """One experiment. Field names are the config-file and command-line keys."""
+
+    algorithm: str = "dsgd"          # a registered algorithm (gossipsim.sim.algorithms.names())
+    topology: str = "ring"           # ring | complete
+    agents: int = 16
+    rounds: int = 300
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"    # constant | multistep | cosine
+    milestones: list[int] = field(default_factory=list)  # rounds at which multistep multiplies lr by lr_factor
+    lr_factor: float = 0.1
+    warmup: int = 0                  # rounds of linear warmup
+    batch_size: int = 32             # per agent
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    model: str = "mlp"
+    norm: str | None = None          # resnet20 normalization: bn | gn | none
+    partition: str = "iid"           # iid | dirichlet | shards
+    alpha: float = 0.5               # dirichlet concentration
+    shards_per_agent: int = 2
+    augment: bool = False            # random crop (pad 4) + horizontal flip
+    seed: int = 0
+    same_init: bool = True
+    bn: str = "local"                # local | gossip: BatchNorm running statistics
+    backend: str = "auto"            # auto | vmap | loop | chunked
+    chunk_size: int = 0              # agents per vmapped block for backend=chunked (0: N/4)
+    dtype: str = "float32"
+    device: str = "cpu"
+    eval_every: int = 50
+    eval_agents: bool = True         # also evaluate every agent (mean/min/max accuracy)
+    progress: bool = True
+    out: str | None = None           # run directory (default runs/<algorithm>-<topology>-<time>)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        from . import algorithms, models
+        from .data import DATASETS
+
+        _choice("algorithm", self.algorithm, algorithms.names())
+        _choice("topology", self.topology, TOPOLOGIES)
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("model", self.model, models.names())
+        _choice("partition", self.partition, PARTITIONS)
+        _choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        _choice("bn", self.bn, ("local", "gossip"))
+        _choice("backend", self.backend, ("auto", "vmap", "loop", "chunked"))
+        _choice("dtype", self.dtype, DTYPES)
+        if self.norm is not None:
+            _choice("norm", self.norm, ("bn", "gn", "none"))
+        for key, low in (("agents", 2), ("rounds", 1), ("batch_size", 1), ("eval_every", 1),
+                         ("shards_per_agent", 1), ("warmup", 0), ("chunk_size", 0)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"{key} must be an integer >= {low}, got {getattr(self, key)}")
+        for key in ("lr", "alpha", "lr_factor"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.nesterov and not self.momentum:
+            raise ConfigError("nesterov=true needs momentum > 0")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be cpu or cuda[:k], got {self.device!r}")
+        if self.device.startswith("cuda"):
+            import torch
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device={self.device!r} but torch sees no CUDA device; use device=cpu")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Build from raw values (TOML or strings from the command line), converting and checking types."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in fields:
+                match = difflib.get_close_matches(key, fields, n=1)
+                hint = f" (did you mean {match[0]!r}?)" if match else ""
+                raise ConfigError(f"unknown key {key!r}{hint}; see `gossipsim run --help` for the keys")
+            kwargs[key] = _convert(key, value, fields[key].type)
+        return cls(**kwargs)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's top-level keys (nested tables are refused: the config is flat)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"config file {str(path)!r}: table [{key}] not supported; keys are flat")
+    return data
+
+
+def _choice(key: str, value: Any, accepted) -> None:
+    if value not in accepted:
+        match = difflib.get_close_matches(str(value), list(accepted), n=1)
+        hint = f" (did you mean {match[0]!r}?)" if match else ""
+        raise ConfigError(f"unknown {key} {value!r}{hint}; accepted: {', '.join(accepted)}")
+
+
+def _convert(key: str, value: Any, kind: str) -> Any:
+    """Convert a TOML value or command-line string to the field's type, or raise one clear line."""
+    base = kind.replace(" | None", "")
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in kind):
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{key} needs a value")
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if base == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base == "list[int]":
+            if isinstance(value, str):
+                value = [v for v in value.strip("[]").split(",") if v.strip()]
+            return [int(v) for v in value]
+        if base == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{key} must be {_describe(base)}, got {value!r}")
+
+
+def _describe(base: str) -> str:
+    return {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+            "list[int]": "a list of integers such as 100,200"}.get(base, base)

@@ -1,0 +1,165 @@
+"""The only training loop: data, RNG, schedules, metrics, logging. An algorithm owns one round.
+
+    for t in range(rounds):
+        idx   = sampler.sample(t)                          # (N, B) indices, on the device
+        batch = normalize(train.x[idx]), train.y[idx]      # (N, B, C, H, W), (N, B)
+        state, stats = algorithm.step(state, Round(t, grad=oracle(batch), mixing=topology.mixing(t)))
+        meter.add(stats)                                   # on-device sums, no host sync
+        every eval_every rounds: evaluate, log, progress   # the one named host sync point
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import data as data_mod
+from .algorithms import Algorithm, Round
+from .metrics import Meter, RunDir, consensus_distance
+from .model import StackedModel
+
+
+@dataclass
+class Engine:
+    """Trains `model.n` agents with `algorithm` over `topology` on `train`, split by `partition`.
+
+    All tensors live on `device`; `dtype` is the dtype of parameters, algorithm state and gossip.
+    """
+
+    model: StackedModel
+    algorithm: Algorithm
+    topology: Any
+    train: data_mod.Dataset
+    test: data_mod.Dataset
+    partition: data_mod.Partition
+    batch_size: int = 32
+    seed: int = 0
+    dtype: torch.dtype = torch.float32
+    device: torch.device | str = "cpu"
+    augment: bool = False
+    same_init: bool = True
+    eval_every: int = 50
+    eval_agents: bool = True
+    progress: bool = True
+    out: str | Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    on_eval: Callable[[dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
+        n = self.model.n
+        self.train, self.test = self.train.to(self.device), self.test.to(self.device)
+        x0, self.buffers = self.model.init(self.seed, same_init=self.same_init, dtype=self.dtype,
+                                           device=self.device)  # (N, P), (N, Pbuf)
+        self.state = self.algorithm.init(x0)
+        self.sampler = data_mod.Sampler(self.partition, self.batch_size, seed=self.seed, device=self.device)
+        self.augment_rng = torch.Generator(self.device).manual_seed(self.seed + 1)
+        self.meter = Meter(n, self.device)
+        self.t = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_time = 0.0
+        self.run_dir = RunDir(self.out) if self.out is not None else None
+        if self.run_dir is not None:
+            self.run_dir.write_json("config.json", self.config)
+
+    # ----------------------------------------------------------------------------------------------
+    def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Round t's normalized inputs (N, B, C, H, W) and labels (N, B)."""
+        idx = self.sampler.sample(t)  # (N, B)
+        xb = self.train.normalize(self.train.x[idx], self.dtype)
+        if self.augment:
+            xb = data_mod.augment(xb, self.augment_rng)
+        return xb, self.train.y[idx]
+
+    def step(self) -> dict[str, torch.Tensor]:
+        """One round; returns the algorithm's statistics (device tensors)."""
+        xb, yb = self.batch(self.t)
+        new_buffers = [self.buffers]
+
+        def oracle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, g, new_buffers[0] = self.model.grad(x, self.buffers, xb, yb)
+            return loss, g
+
+        mixing = self.topology.mixing(self.t)
+        t = torch.tensor(self.t, device=self.device)
+        self.state, stats = self.algorithm.step(self.state, Round(t=t, grad=oracle, mixing=mixing))
+        self.buffers = mixing(new_buffers[0]) if self.model.bn == "gossip" else new_buffers[0]
+        self.meter.add(stats)
+        self.t += 1
+        return stats
+
+    def run(self, rounds: int) -> list[dict[str, Any]]:
+        """Run `rounds` more rounds, evaluating every eval_every rounds and after the last one."""
+        end = self.t + rounds
+        bar = tqdm(total=rounds, disable=not self.progress, desc=self.algorithm.name, leave=False)
+        window_start, window_round = time.perf_counter(), self.t
+        while self.t < end:
+            self.step()
+            bar.update(1)
+            if self.t % self.eval_every == 0 or self.t == end:
+                self._sync()
+                self.train_time += time.perf_counter() - window_start
+                row = self.evaluate(window_rounds=self.t - window_round,
+                                    window_time=time.perf_counter() - window_start)
+                bar.set_postfix(acc=f"{100 * row['test_acc']:.1f}%", loss=f"{row['train_loss']:.3f}")
+                window_start, window_round = time.perf_counter(), self.t
+        bar.close()
+        if self.run_dir is not None:
+            self.run_dir.write_json("summary.json", self.summary())
+            self.run_dir.plot(self.history, f"{self.algorithm.name} on {self.topology!r}")
+        return self.history
+
+    # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, window_rounds: int = 0, window_time: float = 0.0) -> dict[str, Any]:
+        """Evaluate now; the row is appended to history and metrics.jsonl. This is a host sync point."""
+        start = time.perf_counter()
+        x = self.state.x  # (N, P)
+        n = x.shape[0]
+        test = self.test
+
+        def inputs(s: int, e: int) -> torch.Tensor:
+            return test.normalize(test.x[s:e], self.dtype)
+
+        avg_loss, avg_acc = self.model.evaluate(x.mean(0, keepdim=True), self.buffers.mean(0, keepdim=True),
+                                                inputs, test.y)
+        train_loss = self.meter.window_loss()
+        row = {
+            "round": self.t,
+            "epoch": self.t * self.batch_size * n / len(self.train),
+            "train_loss": float(train_loss.mean()),
+            "test_loss": float(avg_loss[0]),
+            "test_acc": float(avg_acc[0]),
+            "consensus": float(consensus_distance(x)),
+            "bits_per_agent": float(self.meter.bits.mean()),
+            "bits_max_agent": float(self.meter.bits.max()),
+        }
+        if self.eval_agents:
+            _, acc = self.model.evaluate(x, self.buffers, inputs, test.y)
+            row.update(agent_acc_mean=float(acc.mean()), agent_acc_min=float(acc.min()),
+                       agent_acc_max=float(acc.max()))
+        row.update(train_time=self.train_time,
+                   samples_per_s=window_rounds * n * self.batch_size / window_time if window_time else 0.0,
+                   eval_time=time.perf_counter() - start)
+        self.history.append(row)
+        if self.run_dir is not None:
+            self.run_dir.append_metrics(row)
+        if self.on_eval is not None:
+            self.on_eval(row)
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        return {"algorithm": self.algorithm.name, "topology": repr(self.topology), "agents": self.model.n,
+                "parameters": self.model.P, "backend": self.model.backend, "rounds": self.t,
+                "samples_per_s": self.t * self.model.n * self.batch_size / max(self.train_time, 1e-12),
+                "final": last}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,88 @@
+"""From a Config to a ready Engine (the only place strings become objects), and the quickstart."""
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import graphs
+from . import algorithms, data, local, models
+from .config import Config
+from .engine import Engine
+from .model import StackedModel, keep_freed_memory
+
+
+def build(cfg: Config, **engine_kwargs: Any) -> Engine:
+    """Load data, partition it, build model, topology and algorithm, and return the Engine."""
+    device = torch.device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    train, test = data.load(cfg.dataset, cfg.data_dir, device=device)
+    part = data.partition(train.y.cpu(), cfg.agents, cfg.partition, alpha=cfg.alpha,
+                          shards_per_agent=cfg.shards_per_agent, seed=cfg.seed)
+    topo = {"ring": graphs.ring, "complete": graphs.complete}[cfg.topology](cfg.agents).to(device)
+    c, h, _ = train.shape
+    model_args = dict(in_channels=c, image_size=h, num_classes=train.classes)
+    if cfg.norm is not None:
+        model_args["norm"] = cfg.norm
+    accepted = inspect.signature(models.MODELS[cfg.model]).parameters
+    factory = functools.partial(models.make, cfg.model, **{k: v for k, v in model_args.items() if k in accepted})
+    model = StackedModel(factory, cfg.agents, backend=cfg.backend, chunk_size=cfg.chunk_size or None, bn=cfg.bn)
+    algo = algorithms.make(cfg.algorithm, **_hyper(cfg))
+    out = cfg.out or f"runs/{cfg.algorithm}-{cfg.topology}{cfg.agents}-{time.strftime('%Y%m%d-%H%M%S')}"
+    kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
+                  augment=cfg.augment, same_init=cfg.same_init, eval_every=cfg.eval_every,
+                  eval_agents=cfg.eval_agents, progress=cfg.progress, out=out, config=cfg.to_dict())
+    kwargs.update(engine_kwargs)
+    return Engine(model, algo, topo, train, test, part, **kwargs)
+
+
+def _hyper(cfg: Config) -> dict[str, Any]:
+    schedule = {"constant": lambda: local.constant(cfg.lr),
+                "multistep": lambda: local.multistep(cfg.lr, cfg.milestones, cfg.lr_factor),
+                "cosine": lambda: local.cosine(cfg.lr, cfg.rounds)}[cfg.lr_schedule]()
+    hyper = dict(lr=local.warmup(schedule, cfg.warmup), momentum=cfg.momentum, nesterov=cfg.nesterov,
+                 weight_decay=cfg.weight_decay)
+    accepted = algorithms.hyperparameters(cfg.algorithm)
+    return {k: v for k, v in hyper.items() if k in accepted}
+
+
+# The quickstart: the same non-iid problem under every kind of communication, on 16 agents of a ring.
+QUICKSTART = dict(topology="ring", agents=16, rounds=400, lr=0.1, batch_size=32, dataset="synthetic",
+                  model="mlp", partition="dirichlet", alpha=0.3, eval_every=50, seed=0)
+QUICKSTART_ALGORITHMS = ("dsgd", "dpsgd", "allreduce", "local")
+
+
+def quickstart(out: str | Path = "runs/quickstart", progress: bool = True, **overrides: Any
+               ) -> tuple[list[dict[str, Any]], Path]:
+    """Run the quickstart comparison; returns one summary row per algorithm and the comparison plot."""
+    from .metrics import plot_curves
+
+    out = Path(out)
+    rows, curves = [], {}
+    for name in QUICKSTART_ALGORITHMS:
+        cfg = Config.from_dict({**QUICKSTART, **overrides, "algorithm": name, "out": str(out / name),
+                                "progress": progress})
+        engine = build(cfg)
+        history = engine.run(cfg.rounds)
+        curves[name] = history
+        rows.append({"algorithm": name, **history[-1], "samples_per_s": engine.summary()["samples_per_s"],
+                     "backend": engine.model.backend})
+    return rows, plot_curves(curves, out / "comparison.png")
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of final metrics, one row per run."""
+    head = ("| algorithm | test acc (averaged model) | agent acc mean [min, max] | consensus distance "
+            "| bits sent per agent | samples/s |")
+    lines = [head, "|" + "---|" * 6]
+    for r in rows:
+        agents = (f"{100 * r['agent_acc_mean']:.1f}% [{100 * r['agent_acc_min']:.1f}, {100 * r['agent_acc_max']:.1f}]"
+                  if "agent_acc_mean" in r else "-")
+        lines.append(f"| {r['algorithm']} | {100 * r['test_acc']:.1f}% | {agents} | {r['consensus']:.3g} | "
+                     f"{r['bits_per_agent']:.3g} | {r['samples_per_s']:.0f} |")
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""The stacked functional model: N agents' parameters as one flat (N, P) tensor.
+
+The nn.Module is built once on the meta device as a template. A flat row x (P,) is unflattened into that
+template's parameters by `torch.split(...).view(...)` inside `torch.func.functional_call`, so the gradient
+of one agent's loss with respect to its row is already a (P,) row, and `vmap(grad_and_value(...))` over the
+rows returns the (N, P) gradient with no copying or reshaping afterwards.
+
+BatchNorm running statistics (every floating-point buffer) are engine state, an (N, Pbuf) tensor. The
+per-agent function clones its buffers (each tensor separately: under vmap an in-place update to a view of
+one flat clone would be lost), lets BatchNorm update them in place, and returns them through `has_aux`.
+Integer buffers (BatchNorm's num_batches_tracked) are scratch, created inside the function: nothing may be
+mutated that the grad transform has captured, and they only matter for momentum=None, which is refused.
+
+Backends, all numerically the same function of the same rows:
+  vmap     one vmapped call over all N agents (default on CUDA);
+  loop     one agent at a time over row views of the same flat tensors (sometimes faster on a CPU,
+           where vmapped convolutions become slow grouped convolutions);
+  chunked  vmap over blocks of `chunk_size` agents, bounding activation memory;
+  auto     picks the fastest of the above by timing a few oracle calls on the first real batch.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from ..errors import ConfigError
+
+BACKENDS = ("auto", "vmap", "loop", "chunked")
+BN_MODES = ("local", "gossip")
+
+
+class StackedModel:
+    """N copies of one architecture whose parameters are the rows of a flat (N, P) tensor.
+
+    factory: a zero-argument callable returning the nn.Module (any module works: built on the meta
+    device for the template, and on the CPU under a fixed seed for the initial parameters).
+    """
+
+    def __init__(self, factory: Callable[[], nn.Module], n: int, *, backend: str = "auto",
+                 chunk_size: int | None = None, bn: str = "local",
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy):
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+        if bn not in BN_MODES:
+            raise ConfigError(f"unknown bn mode {bn!r}; accepted: {', '.join(BN_MODES)}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.factory, self.n, self.bn, self.loss_fn = factory, n, bn, loss_fn
+        self.backend = backend
+        self.chunk_size = chunk_size or max(1, n // 4)
+        with torch.device("meta"):
+            self.template = factory()
+        for m in self.template.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is None:
+                raise ConfigError("BatchNorm with momentum=None (cumulative averages) is not supported; "
+                                  "give it a momentum such as 0.1")
+        params = list(self.template.named_parameters())
+        buffers = [(k, b) for k, b in self.template.named_buffers() if b.is_floating_point()]
+        self.param_names = [k for k, _ in params]
+        self.param_shapes = [p.shape for _, p in params]
+        self.param_sizes = [p.numel() for _, p in params]
+        self.buffer_names = [k for k, _ in buffers]
+        self.buffer_shapes = [b.shape for _, b in buffers]
+        self.buffer_sizes = [b.numel() for _, b in buffers]
+        self.scratch_names = [k for k, b in self.template.named_buffers() if not b.is_floating_point()]
+        self.P, self.Pbuf = sum(self.param_sizes), sum(self.buffer_sizes)
+        self._vgrad = vmap(grad_and_value(self._loss_one, has_aux=True), randomness="different")
+        self._grad = grad_and_value(self._loss_one, has_aux=True)
+        self._vforward = vmap(self._forward_one, in_dims=(0, 0, None), randomness="different")
+
+    # ----------------------------------------------------------------------------------------------
+    def init(self, seed: int = 0, *, same_init: bool = True, dtype: torch.dtype = torch.float32,
+             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial parameters x0 (N, P) and buffers (N, Pbuf); every agent starts from the same seeded x0
+        unless same_init=False, in which case agent i gets the i-th of N consecutive draws."""
+        rows, bufs = [], []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for _ in range(1 if same_init else self.n):
+                module = self.factory()
+                p = dict(module.named_parameters())
+                b = dict(module.named_buffers())
+                rows.append(_flat([p[k] for k in self.param_names], dtype))
+                bufs.append(_flat([b[k] for k in self.buffer_names], dtype))
+        x0, b0 = torch.stack(rows), torch.stack(bufs)  # (1 or N, P), (1 or N, Pbuf)
+        return (x0.expand(self.n, -1).contiguous().to(device), b0.expand(self.n, -1).contiguous().to(device))
+
+    def unflatten(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One agent's row (P,) as the template's named parameters (views, no copy)."""
+        return {k: t.view(s) for k, t, s in zip(self.param_names, torch.split(x, self.param_sizes),
+                                                   self.param_shapes)}
+
+    def layer_sizes(self) -> list[int]:
+        """Sizes of the parameter tensors in row order: the layer boundaries per-layer compressors use."""
+        return list(self.param_sizes)
+
+    # ----------------------------------------------------------------------------------------------
+    def _state(self, x: torch.Tensor, buf: torch.Tensor):
+        params = self.unflatten(x)
+        bufs = [t.view(s).clone() for t, s in zip(torch.split(buf, self.buffer_sizes), self.buffer_shapes)]
+        state = dict(zip(self.buffer_names, bufs))
+        state.update({k: torch.zeros((), dtype=torch.long, device=x.device) for k in self.scratch_names})
+        return params, state, bufs
+
+    def _loss_one(self, x, buf, xb, yb):
+        # x (P,), buf (Pbuf,), xb (B, C, H, W), yb (B,)
+        params, state, bufs = self._state(x, buf)
+        out = functional_call(self.template, (params, state), (xb,))
+        loss = self.loss_fn(out, yb)
+        new_buf = torch.cat([b.reshape(-1) for b in bufs]) if bufs else buf.clone()  # (Pbuf,)
+        return loss, new_buf
+
+    def _forward_one(self, x, buf, xb):
+        params, state, _ = self._state(x, buf)
+        return functional_call(self.template, (params, state), (xb,))
+
+    # ----------------------------------------------------------------------------------------------
+    def grad(self, x: torch.Tensor, buf: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+             backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-agent minibatch loss (N,), gradient (N, P) and updated BatchNorm buffers (N, Pbuf).
+
+        x (N, P), buf (N, Pbuf), xb (N, B, ...) normalized inputs, yb (N, B) labels.
+        """
+        backend = backend or self.backend
+        if backend == "auto":
+            backend = self.choose_backend(x, buf, xb, yb)
+        self.template.train()
+        if backend == "vmap":
+            g, (loss, new_buf) = self._vgrad(x, buf, xb, yb)
+            return loss, g, new_buf
+        step = 1 if backend == "loop" else self.chunk_size
+        loss, g, new_buf = x.new_empty(x.shape[0]), torch.empty_like(x), torch.empty_like(buf)
+        for s in range(0, x.shape[0], step):
+            e = s + step
+            if backend == "loop":
+                g[s], (loss[s], new_buf[s]) = self._grad(x[s], buf[s], xb[s], yb[s])
+            else:
+                g[s:e], (loss[s:e], new_buf[s:e]) = self._vgrad(x[s:e], buf[s:e], xb[s:e], yb[s:e])
+        return loss, g, new_buf
+
+    def choose_backend(self, x, buf, xb, yb, repeats: int = 3) -> str:
+        """Resolve backend='auto' by timing each backend on this batch; the choice is kept in self.backend."""
+        if self.backend != "auto":
+            return self.backend
+        candidates = ["vmap", "loop"] + (["chunked"] if 1 < self.chunk_size < self.n else [])
+        timings = {}
+        for name in candidates:
+            try:
+                timings[name] = _time(lambda name=name: self.grad(x, buf, xb, yb, backend=name), x.device, repeats)
+            except torch.OutOfMemoryError:
+                continue
+        self.backend = min(timings, key=timings.get)
+        self.timings = timings
+        return self.backend
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, buf: torch.Tensor, inputs: Callable[[int, int], torch.Tensor],
+                 labels: torch.Tensor, batch_size: int = 500, agents_per_call: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean test loss (N,) and accuracy (N,) of every row of x on a whole labelled set.
+
+        inputs(s, e) returns the normalized samples s..e (e - s, C, H, W); labels (S,). Agents are
+        evaluated in chunks so activations stay bounded (loop backend: one agent at a time).
+        """
+        self.template.eval()
+        n, total = x.shape[0], labels.shape[0]
+        backend = self.backend if self.backend != "auto" else ("vmap" if x.is_cuda else "loop")
+        chunk = 1 if backend == "loop" else (agents_per_call or max(1, 4096 // batch_size))
+        loss_sum = torch.zeros(n, dtype=torch.float64, device=x.device)
+        correct = torch.zeros(n, dtype=torch.float64, device=x.device)
+        for s in range(0, total, batch_size):
+            xb, yb = inputs(s, min(s + batch_size, total)), labels[s:s + batch_size]
+            for a in range(0, n, chunk):
+                if chunk == 1:
+                    out = self._forward_one(x[a], buf[a], xb)[None]  # (1, b, K)
+                else:
+                    out = self._vforward(x[a:a + chunk], buf[a:a + chunk], xb)  # (chunk, b, K)
+                loss_sum[a:a + chunk] += F.cross_entropy(out.flatten(0, 1), yb.repeat(out.shape[0]),
+                                                         reduction="none").view(out.shape[:2]).sum(1)
+                correct[a:a + chunk] += (out.argmax(-1) == yb).sum(1)
+        self.template.train()
+        return loss_sum / total, correct / total
+
+
+def _flat(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros(0, dtype=dtype)
+    return torch.cat([t.detach().reshape(-1) for t in tensors]).to(dtype)
+
+
+def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm up: lazy init, allocator growth
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed activation memory instead of returning it to the OS after every step.
+
+    By default glibc serves allocations above a (dynamic) threshold with mmap and unmaps them on free, so
+    every training step page-faults its activations in afresh; on a CPU that made one benchmark case 4x
+    slower. Raising the mmap and trim thresholds keeps those pages. Returns whether it took effect.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's ceiling for this knob on 64-bit
+    return bool(ok and libc.mallopt(m_trim_threshold, 2**30))

@@ -1,0 +1,21 @@
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def fresh_seed(request) -> int:
+    """A fresh random seed for every check, reported in the test id on failure via the assertion message."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    return seed
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
