@@ -42,7 +42,7 @@ def run_both(factory, algorithm, W, backend, seed, bn="local", rounds=ROUNDS, **
         yb = torch.randint(0, CLASSES, (N, B), generator=gen)
         new = [buffers]
 
-        def oracle(x, xb=xb, yb=yb, new=new):
+        def oracle(x, xb=xb, yb=yb, new=new, buffers=buffers):
             loss, g, new[0] = model.grad(x, buffers, xb, yb)
             return loss, g
 
@@ -50,7 +50,7 @@ def run_both(factory, algorithm, W, backend, seed, bn="local", rounds=ROUNDS, **
         buffers = mixing(new[0]) if bn == "gossip" else new[0]
         losses = naive.step(xb, yb)
         torch.testing.assert_close(stats["loss"], torch.tensor(losses, dtype=torch.float64),
-                                   rtol=1e-10, atol=1e-12, msg=lambda m: f"seed {seed}, round {t}: {m}")
+                                   rtol=1e-10, atol=1e-12, msg=lambda m, t=t: f"seed {seed}, round {t}: {m}")
     return state, buffers, naive
 
 
@@ -100,8 +100,10 @@ def test_complete_graph_is_minibatch_sgd_on_the_pooled_batch(fresh_seed):
     for t in range(ROUNDS):
         xb = torch.randn(N, B, 1, 6, 6, dtype=torch.float64, generator=gen)
         yb = torch.randint(0, CLASSES, (N, B), generator=gen)
-        state, _ = algo.step(state, sim.Round(torch.tensor(t), lambda x, xb=xb, yb=yb: model.grad(x, buf0, xb, yb)[:2],
-                                              mixing))
+        def oracle(x, xb=xb, yb=yb):
+            return model.grad(x, buf0, xb, yb)[:2]
+
+        state, _ = algo.step(state, sim.Round(torch.tensor(t), oracle, mixing))
         opt.zero_grad()
         torch.nn.functional.cross_entropy(single(xb.flatten(0, 1)), yb.flatten()).backward()
         opt.step()
@@ -117,7 +119,7 @@ def test_float32_runs_in_float32(fresh_seed):
         algo = sim.algorithms.make(name, lr=sim.local.cosine(0.1, 10), momentum=0.9)
         state = algo.init(x0)
         xb, yb = torch.randn(N, B, 1, 6, 6), torch.randint(0, CLASSES, (N, B))
-        state, stats = algo.step(state, sim.Round(torch.tensor(3), lambda x: model.grad(x, buf0, xb, yb)[:2],
-                                                  graphs.ring(N).mixing(0)))
+        oracle = lambda x, xb=xb, yb=yb: model.grad(x, buf0, xb, yb)[:2]  # noqa: E731
+        state, stats = algo.step(state, sim.Round(torch.tensor(3), oracle, graphs.ring(N).mixing(0)))
         assert state.x.dtype == torch.float32 and state.buf.dtype == torch.float32, name
         assert stats["bits"].shape == (N,)

@@ -38,7 +38,7 @@ def _keys_help() -> str:
     lines = ["keys (config file or --key=value), with defaults:"]
     for f in dataclasses.fields(Config):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  {f.name:<17} {default!r}")
+        lines.append(f"  --{f.name:<17} {f.metadata['help']} [{default!r}]")
     return "\n".join(lines)
 
 
@@ -60,6 +60,7 @@ def cmd_run(argv: list[str]) -> int:
     values = load_toml(path) if path else {}
     cfg = Config.from_dict({**values, **overrides})
     engine = build(cfg)
+    print(engine.describe_partition(), file=sys.stderr)
     history = engine.run(cfg.rounds)
     row = {"algorithm": cfg.algorithm, **history[-1], "samples_per_s": engine.summary()["samples_per_s"]}
     print(results_table([row]))

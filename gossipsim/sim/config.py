@@ -25,42 +25,51 @@ SCHEDULES = ("constant", "multistep", "cosine")
 DTYPES = ("float32", "float64")
 
 
+def key(default: Any, help: str) -> Any:
+    """A config key: its default and the one-line help `gossipsim run --help` prints."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Config:
     """One experiment. Field names are the config-file and command-line keys."""
 
-    algorithm: str = "dsgd"          # a registered algorithm (gossipsim.sim.algorithms.names())
-    topology: str = "ring"           # ring | complete
-    agents: int = 16
-    rounds: int = 300
-    lr: float = 0.1
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"    # constant | multistep | cosine
-    milestones: list[int] = field(default_factory=list)  # rounds at which multistep multiplies lr by lr_factor
-    lr_factor: float = 0.1
-    warmup: int = 0                  # rounds of linear warmup
-    batch_size: int = 32             # per agent
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    model: str = "mlp"
-    norm: str | None = None          # resnet20 normalization: bn | gn | none
-    partition: str = "iid"           # iid | dirichlet | shards
-    alpha: float = 0.5               # dirichlet concentration
-    shards_per_agent: int = 2
-    augment: bool = False            # random crop (pad 4) + horizontal flip
-    seed: int = 0
-    same_init: bool = True
-    bn: str = "local"                # local | gossip: BatchNorm running statistics
-    backend: str = "auto"            # auto | vmap | loop | chunked
-    chunk_size: int = 0              # agents per vmapped block for backend=chunked (0: N/4)
-    dtype: str = "float32"
-    device: str = "cpu"
-    eval_every: int = 50
-    eval_agents: bool = True         # also evaluate every agent (mean/min/max accuracy)
-    progress: bool = True
-    out: str | None = None           # run directory (default runs/<algorithm>-<topology>-<time>)
+    algorithm: str = key("dsgd", "a registered algorithm: dsgd, dpsgd, allreduce, local, ...")
+    topology: str = key("ring", "ring | complete")
+    agents: int = key(16, "number of agents N")
+    rounds: int = key(300, "communication rounds (one local step each)")
+    lr: float = key(0.1, "learning rate")
+    momentum: float = key(0.0, "local heavy-ball momentum (torch.optim.SGD semantics)")
+    nesterov: bool = key(False, "Nesterov momentum")
+    weight_decay: float = key(0.0, "L2 weight decay, added to the gradient")
+    lr_schedule: str = key("constant", "constant | multistep | cosine")
+    milestones: list[int] = key([], "rounds at which multistep multiplies lr by lr_factor")
+    lr_factor: float = key(0.1, "multistep factor")
+    warmup: int = key(0, "rounds of linear learning-rate warmup")
+    batch_size: int = key(32, "samples per agent per round")
+    dataset: str = key("synthetic", "synthetic | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder")
+    data_dir: str | None = key(None, "where the dataset files are (fashion-mnist is also found in "
+                                     "/usr/share/datasets)")
+    model: str = key("mlp", "mlp | lenet5 | resnet20 | resnet18 | mobilenet_v2")
+    norm: str | None = key(None, "normalization of the ResNets: bn | gn | none")
+    partition: str = key("iid", "iid | dirichlet | shards")
+    alpha: float = key(0.5, "dirichlet concentration (small: each agent sees few classes)")
+    shards_per_agent: int = key(2, "label-sorted shards per agent for partition=shards")
+    augment: bool = key(False, "random crop (padding 4) and horizontal flip")
+    seed: int = key(0, "seed of initialization, partition, sampling and augmentation")
+    same_init: bool = key(True, "all agents start from the same x0 (false: independent inits)")
+    bn: str = key("local", "BatchNorm running statistics: local (per agent) | gossip (mixed like parameters)")
+    backend: str = key("auto", "auto | vmap | loop | chunked")
+    chunk_size: int = key(0, "agents per vmapped block for backend=chunked (0: N/4)")
+    dtype: str = key("float32", "float32 | float64")
+    device: str = key("cpu", "cpu | cuda | cuda:K")
+    eval_every: int = key(50, "rounds between evaluations")
+    eval_agents: bool = key(True, "also evaluate every agent (mean/min/max accuracy)")
+    eval_samples: int = key(0, "evaluate on the first k test samples (0: the whole test set)")
+    progress: bool = key(True, "show a progress bar")
+    out: str | None = key(None, "run directory (default runs/<algorithm>-<topology><N>-<time>)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,7 +90,7 @@ class Config:
         if self.norm is not None:
             _choice("norm", self.norm, ("bn", "gn", "none"))
         for key, low in (("agents", 2), ("rounds", 1), ("batch_size", 1), ("eval_every", 1),
-                         ("shards_per_agent", 1), ("warmup", 0), ("chunk_size", 0)):
+                         ("shards_per_agent", 1), ("warmup", 0), ("chunk_size", 0), ("eval_samples", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be an integer >= {low}, got {getattr(self, key)}")
         for key in ("lr", "alpha", "lr_factor"):

@@ -66,6 +66,11 @@ class Engine:
         self.run_dir = RunDir(self.out) if self.out is not None else None
         if self.run_dir is not None:
             self.run_dir.write_json("config.json", self.config)
+            (self.run_dir.path / "partition.txt").write_text(self.describe_partition() + "\n")
+
+    def describe_partition(self) -> str:
+        """Per-agent shard sizes and label histograms, as a short human report."""
+        return self.partition.describe(self.train.y.cpu(), self.train.classes)
 
     # ----------------------------------------------------------------------------------------------
     def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,18 +101,19 @@ class Engine:
     def run(self, rounds: int) -> list[dict[str, Any]]:
         """Run `rounds` more rounds, evaluating every eval_every rounds and after the last one."""
         end = self.t + rounds
+        if not self.history:
+            self.evaluate()  # round 0: every curve starts from the common initial point
         bar = tqdm(total=rounds, disable=not self.progress, desc=self.algorithm.name, leave=False)
-        window_start, window_round = time.perf_counter(), self.t
+        window_start = time.perf_counter()
         while self.t < end:
             self.step()
             bar.update(1)
             if self.t % self.eval_every == 0 or self.t == end:
                 self._sync()
                 self.train_time += time.perf_counter() - window_start
-                row = self.evaluate(window_rounds=self.t - window_round,
-                                    window_time=time.perf_counter() - window_start)
+                row = self.evaluate(window_time=time.perf_counter() - window_start)
                 bar.set_postfix(acc=f"{100 * row['test_acc']:.1f}%", loss=f"{row['train_loss']:.3f}")
-                window_start, window_round = time.perf_counter(), self.t
+                window_start = time.perf_counter()
         bar.close()
         if self.run_dir is not None:
             self.run_dir.write_json("summary.json", self.summary())
@@ -116,8 +122,10 @@ class Engine:
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, window_rounds: int = 0, window_time: float = 0.0) -> dict[str, Any]:
-        """Evaluate now; the row is appended to history and metrics.jsonl. This is a host sync point."""
+    def evaluate(self, window_time: float = 0.0) -> dict[str, Any]:
+        """Evaluate now; the row is appended to history and metrics.jsonl. This is a host sync point.
+
+        window_time: seconds spent training since the last evaluation (for samples/s)."""
         start = time.perf_counter()
         x = self.state.x  # (N, P)
         n = x.shape[0]
@@ -128,11 +136,12 @@ class Engine:
 
         avg_loss, avg_acc = self.model.evaluate(x.mean(0, keepdim=True), self.buffers.mean(0, keepdim=True),
                                                 inputs, test.y)
+        window_rounds = self.meter.rounds
         train_loss = self.meter.window_loss()
         row = {
             "round": self.t,
             "epoch": self.t * self.batch_size * n / len(self.train),
-            "train_loss": float(train_loss.mean()),
+            "train_loss": float(train_loss.mean()) if window_rounds else None,  # None at round 0
             "test_loss": float(avg_loss[0]),
             "test_acc": float(avg_acc[0]),
             "consensus": float(consensus_distance(x)),

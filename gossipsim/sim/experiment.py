@@ -1,6 +1,7 @@
 """From a Config to a ready Engine (the only place strings become objects), and the quickstart."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import time
@@ -22,6 +23,8 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     if device.type == "cpu":
         keep_freed_memory()
     train, test = data.load(cfg.dataset, cfg.data_dir, device=device)
+    if cfg.eval_samples:
+        test = dataclasses.replace(test, x=test.x[:cfg.eval_samples], y=test.y[:cfg.eval_samples])
     part = data.partition(train.y.cpu(), cfg.agents, cfg.partition, alpha=cfg.alpha,
                           shards_per_agent=cfg.shards_per_agent, seed=cfg.seed)
     topo = {"ring": graphs.ring, "complete": graphs.complete}[cfg.topology](cfg.agents).to(device)

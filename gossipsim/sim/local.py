@@ -38,7 +38,9 @@ class LocalSGD:
             raise ConfigError("nesterov=True needs momentum > 0")
 
     def init(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The momentum buffer (N, P), zero (equal to torch's first-step copy when dampening is 0); None without momentum."""
+        """The momentum buffer (N, P), or None without momentum.
+
+        Zeros reproduce torch's first step, which copies the gradient into the buffer (dampening is 0)."""
         return torch.zeros_like(x) if self.momentum else None
 
     def direction(self, x: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None

@@ -32,7 +32,8 @@ class Meter:
 
 def consensus_distance(x: torch.Tensor) -> torch.Tensor:
     """(1/N) sum_i ||x_i - x_bar||^2 for x (N, P), as a 0-dim float64 tensor."""
-    return (x - x.mean(0, keepdim=True)).double().pow(2).sum() / x.shape[0]
+    x = x.double()
+    return (x - x.mean(0, keepdim=True)).pow(2).sum() / x.shape[0]
 
 
 class RunDir:
@@ -72,7 +73,8 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path) -> Path
     for label, rows in runs.items():
         rounds = [r["round"] for r in rows]
         ax_acc.plot(rounds, [100 * r["test_acc"] for r in rows], label=label)
-        ax_cons.plot(rounds, [max(r["consensus"], 1e-30) for r in rows], label=label)
+        # Exact consensus (all-reduce) has distance 0, which a log axis cannot show: leave it out.
+        ax_cons.plot(rounds, [r["consensus"] or float("nan") for r in rows], label=label)
     ax_acc.set(xlabel="round", ylabel="test accuracy of the averaged model (%)")
     ax_cons.set(xlabel="round", ylabel="consensus distance", yscale="log")
     for ax in (ax_acc, ax_cons):

@@ -1,0 +1,81 @@
+"""The command line: runs, the quickstart, and user mistakes answered in one line with exit status 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gossipsim import ConfigError, sim
+from gossipsim.sim import experiment
+from gossipsim.sim.cli import main
+
+TINY = ["--agents=3", "--rounds=4", "--eval_every=2", "--batch_size=4", "--progress=false",
+        "--eval_samples=200"]
+
+
+def test_run_with_toml_and_overrides(tmp_path, capsys):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('algorithm = "dpsgd"\nlr = 0.05\nagents = 5\nmilestones = [2]\nlr_schedule = "multistep"\n')
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), *TINY, f"--out={out}"]) == 0
+    assert "| dpsgd |" in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["agents"] == 3 and saved["lr"] == 0.05 and saved["algorithm"] == "dpsgd"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--agents=1"], "agents must be an integer >= 2, got 1"),
+    (["--agnets=4"], "did you mean 'agents'"),
+    (["--rounds=ten"], "rounds must be an integer, got 'ten'"),
+    (["--algorithm=dspgd"], "did you mean 'dsgd'"),
+    (["--dataset=imagenet"], "accepted: synthetic"),
+    (["--model=vgg"], "accepted:"),
+    (["--momentum=1.5"], "momentum must be in [0, 1)"),
+    (["--nesterov=true"], "nesterov=true needs momentum > 0"),
+    (["--lr"], "--lr needs a value"),
+    (["missing.toml"], "not found"),
+    (["stray"], "unexpected argument 'stray'"),
+    (["--dataset=mnist", "--data_dir=/nonexistent"], "mnist"),
+])
+def test_user_mistakes_exit_2_with_one_line(args, needle, capsys, tmp_path):
+    assert main(["run", *args, f"--out={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gossipsim: error: ") and err.count("\n") == 1 and needle in err, err
+    assert "Traceback" not in err
+
+
+def test_bad_toml_and_nested_tables(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("agents = \n")
+    assert main(["run", str(bad)]) == 2
+    nested = tmp_path / "nested.toml"
+    nested.write_text("[model]\nname = 'mlp'\n")
+    assert main(["run", str(nested)]) == 2
+    assert capsys.readouterr().err.count("\n") == 2
+
+
+def test_module_entry_point_exit_codes(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "gossipsim", "run", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "batch_size" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "gossipsim", "run", "--rounds=0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "rounds" in bad.stderr
+
+
+def test_quickstart_at_tiny_size(tmp_path):
+    rows, plot = experiment.quickstart(tmp_path / "qs", progress=False, rounds=4, eval_every=2, agents=4,
+                                       batch_size=4, eval_samples=200)
+    assert [r["algorithm"] for r in rows] == list(experiment.QUICKSTART_ALGORITHMS) and plot.exists()
+    table = experiment.results_table(rows)
+    assert table.count("\n") == 1 + len(rows)
+    assert rows[2]["consensus"] == 0.0  # all-reduce keeps every agent on the same model
+
+
+def test_config_conversions_and_errors():
+    cfg = sim.Config.from_dict({"agents": "8", "nesterov": "true", "momentum": "0.9", "milestones": "10,20",
+                                "data_dir": "none"})
+    assert cfg.agents == 8 and cfg.nesterov is True and cfg.milestones == [10, 20] and cfg.data_dir is None
+    for bad in ({"agents": 2.5}, {"nesterov": "maybe"}, {"lr": True}, {"dataset": 3}):
+        with pytest.raises(ConfigError):
+            sim.Config.from_dict(bad)
