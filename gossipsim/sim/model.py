@@ -33,6 +33,7 @@ from ..errors import ConfigError
 
 BACKENDS = ("auto", "vmap", "loop", "chunked")
 BN_MODES = ("local", "gossip")
+_AUTO_CHOICES: dict[tuple, tuple[str, dict[str, float]]] = {}  # what backend="auto" measured, per shape
 
 
 class StackedModel:
@@ -148,6 +149,12 @@ class StackedModel:
         """Resolve backend='auto' by timing each backend on this batch; the choice is kept in self.backend."""
         if self.backend != "auto":
             return self.backend
+        # The same architecture on the same shapes behaves the same: measure once per process.
+        key = (tuple(self.param_shapes), tuple(self.buffer_shapes), tuple(xb.shape), xb.dtype, x.device,
+               self.chunk_size)
+        if key in _AUTO_CHOICES:
+            self.backend, self.timings = _AUTO_CHOICES[key]
+            return self.backend
         candidates = ["vmap", "loop"] + (["chunked"] if 1 < self.chunk_size < self.n else [])
         timings = {}
         for name in candidates:
@@ -157,6 +164,7 @@ class StackedModel:
                 continue
         self.backend = min(timings, key=timings.get)
         self.timings = timings
+        _AUTO_CHOICES[key] = (self.backend, timings)
         return self.backend
 
     @torch.no_grad()
