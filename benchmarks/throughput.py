@@ -14,8 +14,10 @@ those images from the device-resident uint8 dataset and normalize them, then tra
   limit                  ONE nn.Module trained with torch.optim.SGD on the N*B samples as one batch:
                          the same arithmetic with shared weights, which no per-agent scheme can beat.
 Throughput is N*B samples per round / median seconds per round, after warm-up rounds, over as many
-rounds as fit in a minimum time. The data are random uint8 images of the right shape: models only need
-shapes, and nothing is downloaded. Writes every raw number to JSON (default benchmarks/throughput.json).
+rounds as fit in a minimum time; "best" in the ratios is the fastest engine column (vmap, loop, chunked,
+auto). Contestants' rounds are interleaved, and a row disturbed by other processes is timed again.
+The data are random uint8 images of the right shape: models only need shapes, and nothing is downloaded.
+Prints a Markdown table; writes every raw number to JSON (default benchmarks/throughput.json).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -55,6 +58,12 @@ AGENTS = {"mlp": [8, 32, 128], "lenet5": [8, 32], "resnet20": [4, 16], "resnet20
 AGENTS_QUICK = {"mlp": [8, 32], "lenet5": [8], "resnet20": [4], "resnet20-gn": [4]}
 BACKENDS = ("vmap", "loop", "chunked")
 LR = 0.05
+# With as many threads as cores, another process holding a core stalls every parallel region of ours
+# for a scheduler tick: rounds of small ops then ran 10-200x slower here. A row timed while other
+# processes used more than BUSY cores on average is timed again, up to --retries times.
+BUSY = 0.2
+WAIT_BUDGET = 300.0  # seconds the whole run may spend waiting for a quiet machine
+waited = 0.0
 
 # -------------------------------------------------------------------------------------------------
 # arguments
@@ -68,6 +77,7 @@ parser.add_argument("--device", default="cpu")
 parser.add_argument("--json", default=str(ROOT / "benchmarks" / "throughput.json"))
 parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing (at least 2)")
 parser.add_argument("--min-time", type=float, default=None, help="seconds of timed rounds per contestant")
+parser.add_argument("--retries", type=int, default=2, help="re-timings of a row disturbed by other processes")
 parser.add_argument("--no-malloc-tuning", action="store_true",
                     help="skip keep_freed_memory(), to measure what glibc's default allocator costs")
 args = parser.parse_args()
@@ -79,7 +89,7 @@ if unknown:
     parser.error(f"unknown model(s) {', '.join(unknown)}; accepted: {', '.join(MODELS)}")
 warmup = max(2, args.warmup)
 min_time = args.min_time if args.min_time is not None else (0.5 if args.quick else 1.5)
-min_rounds = 2 if args.quick else 3  # a median of one round would be a single noisy sample
+min_rounds = 2 if args.quick else 5  # rounds vary by +-15% here: a median of 3 still misranks close backends
 malloc_tuned = None if args.no_malloc_tuning else keep_freed_memory()
 
 
@@ -88,19 +98,74 @@ def sync() -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(round_fn) -> list[float]:
-    """Seconds of each timed round of round_fn, after `warmup` untimed ones."""
+def cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process) so far; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except OSError:
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def foreign_cores(before, after, seconds: float) -> float | None:
+    """Cores used by anything but this process (other jobs, the hypervisor's steal) over `seconds`."""
+    if before is None or after is None:
+        return None
+    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds
+
+
+def measure(contestants: dict) -> tuple[dict[str, list[float] | None], float | None]:
+    """Seconds of each timed round of every contestant, and the cores other processes used meanwhile.
+
+    Rounds are interleaved (one of each, then again) so that a slow spell of the machine lands on all
+    contestants alike instead of on whichever was being timed: the ratios are what this script is for.
+    The order is shuffled every cycle because a round runs faster after one that left its tensors in
+    the cache (a fixed order cost `auto` 5% against the very same `vmap` rounds). A contestant leaves
+    the rotation once it has `min_rounds` rounds and `min_time` seconds of them; one that runs out of
+    memory leaves it with None.
+    """
+    order = random.Random(0)
+    times: dict[str, list[float] | None] = {k: [] for k in contestants}
+    live = dict(contestants)
+
+    def run(key: str, timed: bool) -> None:
+        try:
+            sync()
+            t0 = time.perf_counter()
+            live[key]()
+            sync()  # CUDA runs asynchronously: a round is over when its kernels are
+            if timed:
+                times[key].append(time.perf_counter() - t0)
+        except (torch.OutOfMemoryError, MemoryError):
+            del live[key]
+            times[key] = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
     for _ in range(warmup):
-        round_fn()
-    times: list[float] = []
-    sync()
-    start = time.perf_counter()
-    while len(times) < min_rounds or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        round_fn()
-        sync()  # CUDA runs asynchronously: a round is over when its kernels are
-        times.append(time.perf_counter() - t0)
-    return times
+        for key in list(live):
+            run(key, timed=False)
+    cpu, start = cpu_seconds(), time.perf_counter()
+    while todo := [k for k in live if len(times[k]) < min_rounds or sum(times[k]) < min_time]:
+        order.shuffle(todo)
+        for key in todo:
+            run(key, timed=True)
+    return times, foreign_cores(cpu, cpu_seconds(), time.perf_counter() - start)
+
+
+def wait_for_quiet(limit_s: float = 60.0) -> bool:
+    """Block until other processes leave the CPUs alone for a second; False once waiting is used up."""
+    global waited
+    end = time.perf_counter() + min(limit_s, WAIT_BUDGET - waited)
+    while time.perf_counter() < end:
+        cpu = cpu_seconds()
+        time.sleep(1.0)
+        waited += 1.0
+        busy = foreign_cores(cpu, cpu_seconds(), 1.0)
+        if busy is None or busy < BUSY:
+            return True
+    return False
 
 
 def random_dataset(shape: tuple[int, int, int], size: int) -> data.Dataset:
@@ -124,82 +189,83 @@ def bench_row(name: str, n: int, b: int) -> dict:
     part = data.partition(train.y.cpu(), n, "iid", seed=0)
     topo = graphs.ring(n).to(device)
     W = topo.mixing(0).dense()  # (N, N) float64
+    template = StackedModel(factory, n)  # on the meta device: only the sizes
+    row: dict = {"model": name, "N": n, "B": b, "P": template.P, "Pbuf": template.Pbuf,
+                 "samples_per_round": n * b, "auto_picked": None, "loadavg_start": os.getloadavg()[0]}
 
     def batch(sampler: data.Sampler, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = sampler.sample(t)  # (N, B)
         return train.normalize(train.x[idx]), train.y[idx]  # (N, B, C, H, W) float32, (N, B)
 
-    # Other processes on a 2-core machine make every number here meaningless: record how busy it was.
-    row: dict = {"model": name, "N": n, "B": b, "samples_per_round": n * b, "rounds": {}, "s_per_round": {},
-                 "samples_per_s": {}, "loadavg_start": os.getloadavg()[0]}
-
-    def record(key: str, times: list[float] | None) -> None:
-        row["rounds"][key] = times
-        row["s_per_round"][key] = statistics.median(times) if times else None
-        row["samples_per_s"][key] = n * b / row["s_per_round"][key] if times else None
-
-    def engine_for(backend: str) -> Engine:
+    def engine(backend: str) -> Engine:
         model = StackedModel(factory, n, backend=backend, chunk_size=max(1, n // 4))
-        row["P"], row["Pbuf"] = model.P, model.Pbuf
         return Engine(model, algorithms.make("dsgd", lr=LR), topo, train, test, part, batch_size=b,
                       device=device, progress=False, out=None)
 
-    for backend in BACKENDS:
-        try:
-            record(backend, measure(engine_for(backend).step))
-        except (torch.OutOfMemoryError, MemoryError):
-            record(backend, None)
-
-    try:
-        engine = engine_for("auto")
+    def auto():
+        e = engine("auto")
         sync()
         t0 = time.perf_counter()
-        engine.step()  # the first round resolves "auto" by timing every backend on this batch
+        e.step()  # the first round resolves "auto" by timing every backend on this batch
         sync()
         row["auto_select_s"] = time.perf_counter() - t0
-        row["auto_picked"] = engine.model.backend
-        row["auto_timings"] = getattr(engine.model, "timings", None)  # backend -> best oracle seconds
-        record("auto", measure(engine.step))
-    except (torch.OutOfMemoryError, MemoryError):
-        row["auto_picked"] = None
-        record("auto", None)
+        row["auto_picked"] = e.model.backend
+        row["auto_timings"] = getattr(e.model, "timings", None)  # backend -> best oracle seconds
+        return e.step
 
-    try:
-        x0, buf0 = StackedModel(factory, n).init(0, device=device)  # (N, P), (N, Pbuf): the engine's start
-        naive = NaiveSimulator(lambda: factory().to(device), W.cpu(), "dsgd", lr=LR, x0=x0, buf0=buf0,
-                               dtype=torch.float32)
-        sampler = data.Sampler(part, b, seed=0, device=device)
-        t = itertools.count()
-        record("naive", measure(lambda: naive.step(*batch(sampler, next(t)))))
-    except (torch.OutOfMemoryError, MemoryError):
-        record("naive", None)
+    def naive():
+        x0, buf0 = template.init(0, device=device)  # (N, P), (N, Pbuf): where the engines start
+        sim = NaiveSimulator(lambda: factory().to(device), W.cpu(), "dsgd", lr=LR, x0=x0, buf0=buf0,
+                             dtype=torch.float32)
+        sampler, t = data.Sampler(part, b, seed=0, device=device), itertools.count()
+        return lambda: sim.step(*batch(sampler, next(t)))
 
-    try:
+    def limit():
         torch.manual_seed(0)
         one = factory().to(device).train()
         opt = torch.optim.SGD(one.parameters(), lr=LR)
-        sampler = data.Sampler(part, b, seed=0, device=device)
-        t = itertools.count()
+        sampler, t = data.Sampler(part, b, seed=0, device=device), itertools.count()
 
-        def limit_round() -> None:
+        def step() -> None:
             xb, yb = batch(sampler, next(t))  # (N, B, C, H, W), (N, B)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(one(xb.flatten(0, 1)), yb.flatten()).backward()  # one batch of N*B samples
             opt.step()
 
-        record("limit", measure(limit_round))
-    except (torch.OutOfMemoryError, MemoryError):
-        record("limit", None)
+        return step
 
-    row["loadavg_end"] = os.getloadavg()[0]
-    sps = row["samples_per_s"]
+    builders = {**{k: (lambda k=k: engine(k).step) for k in BACKENDS}, "auto": auto, "naive": naive,
+                "limit": limit}
+    contestants = {}
+    for key, build in builders.items():
+        try:
+            contestants[key] = build()
+        except (torch.OutOfMemoryError, MemoryError):
+            contestants[key] = None
+
+    best, attempts = None, 0
+    while attempts <= args.retries and (attempts == 0 or wait_for_quiet()):
+        attempts += 1
+        times, busy = measure({k: f for k, f in contestants.items() if f is not None})
+        if best is None or (busy or 0.0) < (best[1] or 0.0):
+            best = times, busy
+        if busy is None or busy < BUSY:
+            break
+    times, row["foreign_cores"] = best
+    row["attempts"], row["loadavg_end"] = attempts, os.getloadavg()[0]
+    row["rounds"] = {k: times.get(k) for k in builders}  # seconds of every timed round
+    row["s_per_round"] = {k: statistics.median(v) if v else None for k, v in row["rounds"].items()}
+    sps = row["samples_per_s"] = {k: n * b / v if v else None for k, v in row["s_per_round"].items()}
+
     fast = [sps[k] for k in ("loop", "vmap") if sps[k]]
-    best = max((sps[k] for k in (*BACKENDS, "auto") if sps[k]), default=None)
+    best_engine = max((sps[k] for k in (*BACKENDS, "auto") if sps[k]), default=None)
     row["auto_over_max_loop_vmap"] = sps["auto"] / max(fast) if sps["auto"] and fast else None
+    picked = sps.get(row["auto_picked"]) if row["auto_picked"] else None
+    row["picked_over_max_loop_vmap"] = picked / max(fast) if picked and fast else None
     row["vmap_over_loop"] = sps["vmap"] / sps["loop"] if sps["vmap"] and sps["loop"] else None
-    row["best_over_naive"] = best / sps["naive"] if best and sps["naive"] else None
+    row["best_over_naive"] = best_engine / sps["naive"] if best_engine and sps["naive"] else None
     row["auto_over_naive"] = sps["auto"] / sps["naive"] if sps["auto"] and sps["naive"] else None
-    row["best_over_limit"] = best / sps["limit"] if best and sps["limit"] else None
+    row["best_over_limit"] = best_engine / sps["limit"] if best_engine and sps["limit"] else None
     return row
 
 
@@ -213,10 +279,22 @@ def fmt(v: float | None, ratio: bool = False) -> str:
     return f"{v:.2f}" if ratio else f"{v:,.0f}"
 
 
+def cell(r: dict, key: str) -> str:
+    """Samples/s, flagged with `!` when other processes kept disturbing the row through every retry."""
+    busy = r["foreign_cores"]
+    return fmt(r["samples_per_s"][key]) + ("!" if busy is not None and busy >= BUSY else "")
+
+
 if device.type == "cuda":
     device_name = torch.cuda.get_device_name(device)
 else:
-    device_name = f"CPU {platform.processor() or platform.machine()}"
+    device_name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            device_name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device_name = f"CPU {device_name}, {os.cpu_count()} cores"
 malloc = {None: "off (--no-malloc-tuning)", True: "on", False: "unavailable"}[malloc_tuned]
 header = (f"device {device_name} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{datetime.datetime.now().isoformat(timespec='seconds')} | malloc tuning {malloc} | "
@@ -230,8 +308,9 @@ for name in names:
     for n in agent_counts:
         row = bench_row(name, n, args.batch)
         rows.append(row)
-        print(f"  {name} N={n}: auto picked {row['auto_picked']}, load {row['loadavg_start']:.1f} -> "
-              f"{row['loadavg_end']:.1f}, s/round {row['s_per_round']}", file=sys.stderr, flush=True)
+        seconds = ", ".join(f"{k} {v:.4f}" for k, v in row["s_per_round"].items() if v is not None)
+        print(f"  {name} N={n}: s/round {seconds}; auto picked {row['auto_picked']} in "
+              f"{row.get('auto_select_s', 0):.1f} s; {row['attempts']} attempt(s)", file=sys.stderr, flush=True)
 wall = time.perf_counter() - wall
 
 lines = [header, "",
@@ -239,22 +318,25 @@ lines = [header, "",
          "| auto/max(loop,vmap) | best/naive | best/limit |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for r in rows:
-    s = r["samples_per_s"]
-    lines.append(f"| {r['model']} | {r['N']} | {r['B']} | {r['P']:,} | {fmt(s['vmap'])} | {fmt(s['loop'])} | "
-                 f"{fmt(s['chunked'])} | {fmt(s['auto'])} ({r['auto_picked']}) | {fmt(s['naive'])} | "
-                 f"{fmt(s['limit'])} | {fmt(r['auto_over_max_loop_vmap'], True)} | "
+    lines.append(f"| {r['model']} | {r['N']} | {r['B']} | {r['P']:,} | {cell(r, 'vmap')} | {cell(r, 'loop')} | "
+                 f"{cell(r, 'chunked')} | {cell(r, 'auto')} ({r['auto_picked']}) | {cell(r, 'naive')} | "
+                 f"{cell(r, 'limit')} | {fmt(r['auto_over_max_loop_vmap'], True)} | "
                  f"{fmt(r['best_over_naive'], True)} | {fmt(r['best_over_limit'], True)} |")
 # The issue's targets: auto within 5% of the faster backend everywhere; the MLP engine at N >= 32 at
 # least 1.5x the naive loop.
-misses = [f"{r['model']} N={r['N']}: auto/max(loop,vmap) = {fmt(r['auto_over_max_loop_vmap'], True)} < 0.95"
+# When auto's own column falls short but the column of the backend it picked does not, both ran the
+# same code in the same minutes: the gap is timing noise, not a wrong pick; say which.
+misses = [f"{r['model']} N={r['N']}: auto/max(loop,vmap) = {r['auto_over_max_loop_vmap']:.3f} < 0.95 "
+          f"({r['auto_picked']}'s own column: {fmt(r['picked_over_max_loop_vmap'], True)})"
           for r in rows if r["auto_over_max_loop_vmap"] is not None and r["auto_over_max_loop_vmap"] < 0.95]
-misses += [f"{r['model']} N={r['N']}: auto/naive = {fmt(r['auto_over_naive'], True)} < 1.5"
+misses += [f"{r['model']} N={r['N']}: auto/naive = {r['auto_over_naive']:.3f} < 1.5"
            for r in rows if r["model"] == "mlp" and r["N"] >= 32 and r["auto_over_naive"] is not None
            and r["auto_over_naive"] < 1.5]
+max_busy = max((r["foreign_cores"] for r in rows if r["foreign_cores"] is not None), default=0.0)
+retried = sum(r["attempts"] > 1 for r in rows)
 lines += ["", "targets: " + ("all met" if not misses else "MISSED " + "; ".join(misses)),
-          "1-min load average per row (start -> end): "
-          + ", ".join(f"{r['model']}/{r['N']} {r['loadavg_start']:.1f}->{r['loadavg_end']:.1f}"
-                      for r in rows),
+          f"other processes: at most {max_busy:.2f} cores busy during a kept timing (`!`: >= {BUSY}); "
+          f"{retried} rows retimed, {waited:.0f} s spent waiting for a quiet machine",
           f"wall time {wall:.0f} s"]
 print("\n".join(lines))
 
@@ -263,7 +345,7 @@ out = {"device": device_name, "device_type": device.type, "torch": torch.__versi
        "date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:],
        "malloc_tuning": malloc_tuned, "warmup_rounds": warmup, "min_time_s": min_time,
        "min_rounds": min_rounds, "lr": LR, "algorithm": "dsgd", "topology": "ring", "wall_s": wall,
-       "rows": rows}
+       "busy_threshold_cores": BUSY, "waited_s": waited, "rows": rows}
 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
 Path(args.json).write_text(json.dumps(out, indent=1))
 print(f"wrote {args.json}", file=sys.stderr)

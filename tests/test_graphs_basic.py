@@ -47,14 +47,16 @@ def test_metropolis_on_irregular_graph_and_weight_choices(fresh_seed):
         assert float(graphs.spectral_gap(Wx)) > 0
 
 
-def test_gossip_keeps_dtype_and_equals_dense_product(fresh_seed):
-    M = graphs.ring(7).mixing(0)
+@pytest.mark.parametrize("n,sparse", [(7, False), (40, True), (97, True)])
+def test_gossip_keeps_dtype_and_equals_dense_product(n, sparse, fresh_seed):
+    M = graphs.ring(n).mixing(0)
+    assert M.sparse == sparse and not graphs.complete(n).mixing(0).sparse
     for dtype in (torch.float32, torch.float64):
-        x = torch.randn(7, 13, dtype=dtype)
+        x = torch.randn(n, 13, dtype=dtype)
         y = M(x)
-        assert y.dtype == dtype
-        torch.testing.assert_close(y, (M.dense() @ x.double()).to(dtype))
-    x = torch.randn(7, 5, dtype=torch.float64)
+        assert y.dtype == dtype and y.shape == x.shape and y.layout == torch.strided
+        torch.testing.assert_close(y, (M.dense() @ x.double()).to(dtype), msg=lambda m: f"seed {fresh_seed}: {m}")
+    x = torch.randn(n, 5, dtype=torch.float64)
     torch.testing.assert_close(M(x).mean(0), x.mean(0))  # gossip preserves the network mean
 
 

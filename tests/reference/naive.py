@@ -37,8 +37,11 @@ class NaiveSimulator:
         self.opts = [torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
                                      weight_decay=weight_decay) for m in self.agents]
 
+        # Each agent knows its neighbour list, as a real deployment does; found once, not every round.
+        self._neighbours = [[j for j in range(self.n) if j != i and self.W[i, j] != 0] for i in range(self.n)]
+
     def neighbours(self, i: int) -> list[int]:
-        return [j for j in range(self.n) if j != i and self.W[i, j] != 0]
+        return self._neighbours[i]
 
     def gossip(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
         """x_i <- W_ii x_i + sum over edges (i, j) of W_ij x_j, one edge at a time."""
