@@ -29,6 +29,13 @@ class Round(NamedTuple):
     mixing: Any
 
 
+class SGDState(NamedTuple):
+    """State of an algorithm whose only per-agent memory besides x is the local optimizer's."""
+
+    x: torch.Tensor  # (N, P)
+    buf: torch.Tensor | None  # (N, P) local momentum, None without momentum
+
+
 class Algorithm(NamedTuple):
     init: Callable[[torch.Tensor], NamedTuple]
     step: Callable[[NamedTuple, Round], tuple[NamedTuple, dict[str, torch.Tensor]]]

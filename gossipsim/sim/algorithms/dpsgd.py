@@ -10,30 +10,23 @@ The gradient is taken at the old iterate X^t, not at W X^t. D is the local optim
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from ..local import LocalSGD, as_schedule
-from .base import Round, gossip_bits, register
-
-
-class DPSGDState(NamedTuple):
-    x: torch.Tensor  # (N, P)
-    buf: torch.Tensor | None  # (N, P) local momentum, None without momentum
+from .base import Round, SGDState, gossip_bits, register
 
 
 @register("dpsgd")
 def dpsgd(lr, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
     opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
 
-    def init(x0: torch.Tensor) -> DPSGDState:
-        return DPSGDState(x0, opt.init(x0))
+    def init(x0: torch.Tensor) -> SGDState:
+        return SGDState(x0, opt.init(x0))
 
-    def step(state: DPSGDState, rnd: Round):
+    def step(state: SGDState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
         x = rnd.mixing(state.x) - schedule(rnd.t) * d
-        return DPSGDState(x, buf), {"loss": loss, "bits": gossip_bits(rnd.mixing, x.shape[1])}
+        return SGDState(x, buf), {"loss": loss, "bits": gossip_bits(rnd.mixing, x.shape[1])}
 
     return init, step

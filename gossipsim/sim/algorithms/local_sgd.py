@@ -6,30 +6,23 @@ With a non-iid partition each agent only ever sees its own shard; the averaged m
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from ..local import LocalSGD, as_schedule
-from .base import Round, register
-
-
-class LocalState(NamedTuple):
-    x: torch.Tensor  # (N, P)
-    buf: torch.Tensor | None  # (N, P) local momentum, None without momentum
+from .base import Round, SGDState, register
 
 
 @register("local")
 def local(lr, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
     opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
 
-    def init(x0: torch.Tensor) -> LocalState:
-        return LocalState(x0, opt.init(x0))
+    def init(x0: torch.Tensor) -> SGDState:
+        return SGDState(x0, opt.init(x0))
 
-    def step(state: LocalState, rnd: Round):
+    def step(state: SGDState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
         x = state.x - schedule(rnd.t) * d
-        return LocalState(x, buf), {"loss": loss, "bits": torch.zeros_like(loss, dtype=torch.float64)}
+        return SGDState(x, buf), {"loss": loss, "bits": torch.zeros_like(loss, dtype=torch.float64)}
 
     return init, step
