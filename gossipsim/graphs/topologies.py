@@ -1,6 +1,8 @@
 """Topologies built with networkx once, then kept as (N, N) mixing matrices, and their weights."""
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import torch
 
@@ -35,7 +37,8 @@ def mixing_weights(g: nx.Graph, weights: str = "metropolis") -> torch.Tensor:
         W = A / (deg.max() + 1)
     elif weights == "laplacian":
         # W = I - alpha L with alpha = 2 / (lambda_2(L) + lambda_max(L)), the best constant step for a fixed
-        # graph; what the MATCHA and AL-DSGD code use.
+        # graph; what the MATCHA and AL-DSGD code use. On irregular graphs a hub's self weight 1 - alpha*deg
+        # can be negative; W still averages (||W - J|| = (l_max - l_2)/(l_max + l_2) < 1).
         L = torch.diag(deg) - A
         ev = torch.linalg.eigvalsh(L)  # ascending, ev[0] = 0
         W = -2.0 / (ev[1] + ev[-1]) * L
@@ -47,8 +50,8 @@ def mixing_weights(g: nx.Graph, weights: str = "metropolis") -> torch.Tensor:
 
 
 def from_networkx(g: nx.Graph, weights: str = "metropolis", name: str | None = None) -> Topology:
-    """Any undirected networkx graph as a static topology."""
-    return Topology(mixing_weights(g, weights), g, name or f"graph{g.number_of_nodes()}")
+    """Any undirected networkx graph as a static topology (nodes relabelled 0..N-1 in sorted order)."""
+    return _named(g, weights, name or f"graph{g.number_of_nodes()}")
 
 
 def ring(n: int, weights: str = "metropolis") -> Topology:
@@ -63,10 +66,131 @@ def complete(n: int, weights: str = "metropolis") -> Topology:
     return Topology(mixing_weights(nx.complete_graph(n), weights), nx.complete_graph(n), f"complete{n}")
 
 
+def torus(r: int, c: int, weights: str = "metropolis") -> Topology:
+    """r x c grid with wrap-around (4 neighbours each when r, c >= 3)."""
+    _check_side(r, c)
+    return _named(nx.grid_2d_graph(r, c, periodic=True), weights, f"torus{r}x{c}")
+
+
+def grid(r: int, c: int, weights: str = "metropolis") -> Topology:
+    """r x c grid without wrap-around (irregular: corners have degree 2)."""
+    _check_side(r, c)
+    return _named(nx.grid_2d_graph(r, c), weights, f"grid{r}x{c}")
+
+
+def dyck(weights: str = "metropolis") -> Topology:
+    """The Dyck graph: 32 nodes, cubic (3-regular), 48 edges, girth 6 (LCF [5, -5, 13, -13]^8); AdaGossip's graph."""
+    return _named(nx.LCF_graph(32, [5, -5, 13, -13], 8), weights, "dyck")
+
+
+def petersen(weights: str = "metropolis") -> Topology:
+    """The Petersen graph: 10 nodes, 3-regular, 15 edges."""
+    return _named(nx.petersen_graph(), weights, "petersen")
+
+
+def star(n: int, weights: str = "metropolis") -> Topology:
+    """One hub (agent 0) and n - 1 leaves."""
+    _check_n(n)
+    return _named(nx.star_graph(n - 1), weights, f"star{n}")
+
+
+def hypercube(d: int, weights: str = "metropolis") -> Topology:
+    """The d-dimensional hypercube: 2^d agents, neighbours differ in one bit of their index."""
+    if not isinstance(d, int) or d < 1:
+        raise ConfigError(f"hypercube dimension must be an integer >= 1, got {d!r}")
+    g = nx.hypercube_graph(d)
+    # Node (b_0, ..., b_{d-1}) becomes the integer whose bit k is b_k, so neighbours differ in one bit.
+    g = nx.relabel_nodes(g, {v: sum(b << k for k, b in enumerate(v)) for v in g.nodes})
+    return _named(g, weights, f"hypercube{d}")
+
+
+def exponential(n: int, weights: str = "metropolis") -> Topology:
+    """Agent i linked to i +- 2^k (mod n) for every 2^k < n: log-degree, fast mixing (undirected form)."""
+    _check_n(n)
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    k = 1
+    while k < n:
+        g.add_edges_from((i, (i + k) % n) for i in range(n) if (i + k) % n != i)
+        k *= 2
+    return _named(g, weights, f"exponential{n}")
+
+
+def erdos_renyi(n: int, p: float, seed: int = 0, weights: str = "metropolis") -> Topology:
+    """G(n, p): each edge present independently with probability p, drawn from `seed`; must be connected."""
+    _check_n(n)
+    if not 0 < p <= 1:
+        raise ConfigError(f"erdos_renyi edge probability must be in (0, 1], got {p!r}")
+    g = nx.erdos_renyi_graph(n, p, seed=seed)
+    _check_connected(g, f"erdos_renyi({n}, {p}, seed={seed})", "raise p or try another seed")
+    return _named(g, weights, f"erdos_renyi{n}")
+
+
+def random_regular(n: int, d: int, seed: int = 0, weights: str = "metropolis") -> Topology:
+    """A uniformly random d-regular graph on n agents, drawn from `seed`; must be connected."""
+    _check_n(n)
+    if not isinstance(d, int) or not 1 <= d < n or (n * d) % 2:
+        raise ConfigError(f"random_regular needs an integer degree 1 <= d < n with n*d even, got n={n}, d={d!r}")
+    g = nx.random_regular_graph(d, n, seed=seed)
+    _check_connected(g, f"random_regular({n}, {d}, seed={seed})", "raise d or try another seed")
+    return _named(g, weights, f"random_regular{n}d{d}")
+
+
+def small_world(n: int, k: int, p: float, seed: int = 0, weights: str = "metropolis") -> Topology:
+    """Watts-Strogatz: a ring where each agent links to its k nearest, each edge rewired with probability p."""
+    _check_n(n)
+    if not isinstance(k, int) or not 2 <= k < n or not 0 <= p <= 1:
+        raise ConfigError(f"small_world needs an integer 2 <= k < n and 0 <= p <= 1, got k={k!r}, p={p!r}")
+    g = nx.watts_strogatz_graph(n, k, p, seed=seed)
+    _check_connected(g, f"small_world({n}, {k}, {p}, seed={seed})", "lower p or try another seed")
+    return _named(g, weights, f"small_world{n}")
+
+
+def from_adjacency(A, weights: str = "metropolis") -> Topology:
+    """An undirected graph from a symmetric 0/1 (or boolean) adjacency matrix (N, N)."""
+    A = torch.as_tensor(A)
+    if A.dim() != 2 or A.shape[0] != A.shape[1]:
+        raise ConfigError(f"adjacency matrix must be square (N, N), got shape {tuple(A.shape)}")
+    if not torch.equal(A, A.T):
+        raise ConfigError("adjacency matrix must be symmetric (an undirected graph)")
+    g = nx.from_numpy_array((A != 0).to(torch.int64).numpy())
+    g.remove_edges_from(nx.selfloop_edges(g))
+    return _named(g, weights, f"graph{A.shape[0]}")
+
+
 def spectral_gap(W: torch.Tensor) -> torch.Tensor:
     """1 - |lambda_2(W)|, the second largest eigenvalue modulus; the speed of gossip averaging."""
     ev = torch.linalg.eigvals(W.to(torch.float64)).abs().sort(descending=True).values
     return 1 - ev[1]
+
+
+def rho(W: torch.Tensor) -> torch.Tensor:
+    """||W - J||_2 with J = 11^T/N: the factor by which one gossip round at least shrinks the disagreement."""
+    W = W.to(torch.float64)
+    n = W.shape[0]
+    return torch.linalg.matrix_norm(W - torch.full_like(W, 1 / n), ord=2)
+
+
+def mixing_time(W: torch.Tensor, eps: float = 1e-2) -> float:
+    """Rounds t after which rho^t <= eps, i.e. gossip alone has cut any disagreement by 1/eps (inf if rho = 1)."""
+    r = float(rho(W))
+    if r < 1e-15:
+        return 1.0
+    return math.ceil(math.log(eps) / math.log(r)) if r < 1 else math.inf
+
+
+def _named(g: nx.Graph, weights: str, name: str) -> Topology:
+    return Topology(mixing_weights(g, weights), g, name)
+
+
+def _check_connected(g: nx.Graph, what: str, hint: str) -> None:
+    if not nx.is_connected(g):
+        raise ConfigError(f"{what} is disconnected ({nx.number_connected_components(g)} components); {hint}")
+
+
+def _check_side(r: int, c: int) -> None:
+    if not (isinstance(r, int) and isinstance(c, int)) or r < 1 or c < 1 or r * c < 2:
+        raise ConfigError(f"grid sides must be integers >= 1 with at least 2 agents, got {r!r} x {c!r}")
 
 
 def _check_n(n: int) -> None:

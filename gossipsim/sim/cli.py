@@ -68,15 +68,54 @@ def cmd_run(argv: list[str]) -> int:
     return 0
 
 
+def cmd_graphs(argv: list[str]) -> int:
+    """Describe topologies: size, degrees, diameter, spectral gap, rho, mixing time; optionally draw them."""
+    import networkx as nx
+
+    from .. import graphs
+
+    parser = argparse.ArgumentParser(prog="gossipsim graphs", description="Describe (and draw) topologies.")
+    parser.add_argument("specs", nargs="+", metavar="SPEC", help="e.g. ring:16 torus:4x4 dyck erdos_renyi:16,0.3")
+    parser.add_argument("--agents", type=int, default=None, help="size for specs that give none (ring, torus...)")
+    parser.add_argument("--weights", default="metropolis", help=f"one of {', '.join(graphs.WEIGHTS)}")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random graphs")
+    parser.add_argument("--draw", metavar="FILE.png", help="draw the graphs side by side into a PNG")
+    ns = parser.parse_args(argv)
+    topos = [graphs.parse(spec, ns.agents, weights=ns.weights, seed=ns.seed) for spec in ns.specs]
+    print("| topology | n | degree | diameter | spectral gap | rho | mixing time (rounds to 1e-2) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for spec, topo in zip(ns.specs, topos):
+        W, deg = topo.mixing(0).dense(), topo.mixing(0).degrees
+        degree = f"{int(deg.min())}" if deg.min() == deg.max() else f"{int(deg.min())}..{int(deg.max())}"
+        print(f"| {spec} | {topo.n} | {degree} | {nx.diameter(topo.graph)} | {float(graphs.spectral_gap(W)):.4f} "
+              f"| {float(graphs.rho(W)):.4f} | {graphs.mixing_time(W)} |")
+    if ns.draw:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(topos), figsize=(3.2 * len(topos), 3.4), squeeze=False)
+        for ax, spec, topo in zip(axes[0], ns.specs, topos):
+            g = nx.convert_node_labels_to_integers(topo.graph, ordering="sorted")
+            nx.draw(g, nx.kamada_kawai_layout(g), ax=ax, node_size=40, width=0.6)
+            ax.set_title(spec)
+        fig.tight_layout()
+        fig.savefig(ns.draw, dpi=100)
+        print(f"drawn to {ns.draw}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="gossipsim", description="Simulate decentralized (gossip) training "
                                      "of N agents on one device.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument("command", nargs="?", choices=["run"], help="run: train (no arguments: the quickstart)")
+    parser.add_argument("command", nargs="?", choices=["run", "graphs"],
+                        help="run: train (no arguments: the quickstart); graphs: describe topologies")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG.toml] [--key=value ...]")
-    if argv and argv[0] == "run":  # everything after `run` is ours, including --help
-        command, rest = "run", argv[1:]
+    if argv and argv[0] in ("run", "graphs"):  # everything after the command is its own, --help included
+        command, rest = argv[0], argv[1:]
     else:
         ns = parser.parse_args(argv)
         if ns.version:
@@ -88,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         command, rest = ns.command, ns.args
     try:
-        return {"run": cmd_run}[command](rest)
+        return {"run": cmd_run, "graphs": cmd_graphs}[command](rest)
     except ConfigError as e:
         print(f"gossipsim: error: {e}", file=sys.stderr)
         return 2

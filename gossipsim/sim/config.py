@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..graphs import SPECS, WEIGHTS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOPOLOGIES = ("ring", "complete")
+TOPOLOGIES = tuple(SPECS)
 PARTITIONS = ("iid", "dirichlet", "shards")
 SCHEDULES = ("constant", "multistep", "cosine")
 DTYPES = ("float32", "float64")
@@ -37,7 +38,9 @@ class Config:
     """One experiment. Field names are the config-file and command-line keys."""
 
     algorithm: str = key("dsgd", "a registered algorithm: dsgd, dpsgd, allreduce, local, ...")
-    topology: str = key("ring", "ring | complete")
+    topology: str = key("ring", "ring, torus, grid, dyck, petersen, complete, star, hypercube, exponential, "
+                                "erdos_renyi:P, random_regular:D, small_world:K,P (size from agents; or ring:16, ...)")
+    weights: str = key("metropolis", "mixing weights: metropolis | uniform | max_degree | laplacian")
     agents: int = key(16, "number of agents N")
     rounds: int = key(300, "communication rounds (one local step each)")
     lr: float = key(0.1, "learning rate")
@@ -79,7 +82,8 @@ class Config:
         from .data import DATASETS
 
         _choice("algorithm", self.algorithm, algorithms.names())
-        _choice("topology", self.topology, TOPOLOGIES)
+        _choice("topology", self.topology.partition(":")[0], TOPOLOGIES)
+        _choice("weights", self.weights, WEIGHTS)
         _choice("dataset", self.dataset, DATASETS)
         _choice("model", self.model, models.names())
         _choice("partition", self.partition, PARTITIONS)

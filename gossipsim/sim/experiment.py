@@ -27,7 +27,7 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
         test = dataclasses.replace(test, x=test.x[:cfg.eval_samples], y=test.y[:cfg.eval_samples])
     part = data.partition(train.y.cpu(), cfg.agents, cfg.partition, alpha=cfg.alpha,
                           shards_per_agent=cfg.shards_per_agent, seed=cfg.seed)
-    topo = {"ring": graphs.ring, "complete": graphs.complete}[cfg.topology](cfg.agents).to(device)
+    topo = graphs.parse(cfg.topology, cfg.agents, weights=cfg.weights, seed=cfg.seed).to(device)
     c, h, _ = train.shape
     model_args = dict(in_channels=c, image_size=h, num_classes=train.classes)
     if cfg.norm is not None:
@@ -36,7 +36,7 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     factory = functools.partial(models.make, cfg.model, **{k: v for k, v in model_args.items() if k in accepted})
     model = StackedModel(factory, cfg.agents, backend=cfg.backend, chunk_size=cfg.chunk_size or None, bn=cfg.bn)
     algo = algorithms.make(cfg.algorithm, **_hyper(cfg))
-    out = cfg.out or f"runs/{cfg.algorithm}-{cfg.topology}{cfg.agents}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = cfg.out or f"runs/{cfg.algorithm}-{topo.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
                   augment=cfg.augment, same_init=cfg.same_init, eval_every=cfg.eval_every,
                   eval_agents=cfg.eval_agents, progress=cfg.progress, out=out, config=cfg.to_dict())

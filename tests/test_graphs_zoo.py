@@ -1,0 +1,95 @@
+"""The static topology zoo, spectral tools, specs, and `gossipsim graphs`."""
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import pytest
+import torch
+
+from gossipsim import ConfigError, graphs
+from gossipsim.sim.cli import main
+
+ZOO = {
+    "torus4x4": lambda w: graphs.torus(4, 4, weights=w), "torus3x5": lambda w: graphs.torus(3, 5, weights=w),
+    "grid3x4": lambda w: graphs.grid(3, 4, weights=w), "dyck": lambda w: graphs.dyck(weights=w),
+    "petersen": lambda w: graphs.petersen(weights=w), "star7": lambda w: graphs.star(7, weights=w),
+    "hypercube4": lambda w: graphs.hypercube(4, weights=w),
+    "exponential12": lambda w: graphs.exponential(12, weights=w),
+    "erdos_renyi": lambda w: graphs.erdos_renyi(14, 0.4, seed=3, weights=w),
+    "random_regular": lambda w: graphs.random_regular(14, 3, seed=1, weights=w),
+    "small_world": lambda w: graphs.small_world(14, 4, 0.2, seed=2, weights=w),
+    "adjacency": lambda w: graphs.from_adjacency(nx.to_numpy_array(nx.wheel_graph(6)), weights=w),
+}
+REGULAR = {"torus4x4", "torus3x5", "dyck", "petersen", "hypercube4", "exponential12", "random_regular"}
+
+
+@pytest.mark.parametrize("weights", ["metropolis", "max_degree", "laplacian", "uniform"])
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_topology_is_symmetric_doubly_stochastic(name, weights):
+    if weights == "uniform" and name not in REGULAR:
+        with pytest.raises(ConfigError, match="metropolis"):
+            ZOO[name](weights)
+        return
+    topo = ZOO[name](weights)
+    W = topo.mixing(0).dense()
+    n = topo.n
+    torch.testing.assert_close(W, W.T)
+    torch.testing.assert_close(W.sum(1), torch.ones(n, dtype=torch.float64))
+    off = W - torch.diag(W.diagonal())
+    assert (off >= 0).all() and float(graphs.rho(W)) < 1
+    if weights != "laplacian":  # I - alpha L may put a negative weight on a high-degree agent's self loop
+        assert (W.diagonal() >= 0).all()
+    assert (off > 1e-15).sum() == 2 * topo.graph.number_of_edges()  # weight exactly on the edges
+
+
+def test_dyck_is_cubic_with_32_nodes_48_edges_girth_6():
+    g = graphs.dyck().graph
+    assert g.number_of_nodes() == 32 and g.number_of_edges() == 48
+    assert {d for _, d in g.degree} == {3} and nx.girth(g) == 6
+    torch.testing.assert_close(graphs.dyck().mixing(0).dense().diagonal(), torch.full((32,), 0.25, dtype=torch.float64))
+
+
+def test_hypercube_neighbours_differ_in_one_bit_and_exponential_distances():
+    M = graphs.hypercube(3).mixing(0)
+    assert all(bin(i ^ j).count("1") == 1 for i in range(8) for j in M.neighbors[i])
+    M = graphs.exponential(16).mixing(0)
+    assert M.neighbors[0] == [1, 2, 4, 8, 12, 14, 15]
+
+
+def test_rho_and_mixing_time(fresh_seed):
+    W = graphs.ring(10).mixing(0).dense()
+    lam = (1 + 2 * math.cos(2 * math.pi / 10)) / 3
+    assert float(graphs.rho(W)) == pytest.approx(lam, abs=1e-12)
+    t = graphs.mixing_time(W, 1e-3)
+    assert lam**t <= 1e-3 < lam ** (t - 1)
+    x = torch.randn(10, 4, dtype=torch.float64)  # gossip alone contracts disagreement by rho per round
+    dev = x - x.mean(0)
+    for _ in range(t):
+        x = W @ x
+    assert (x - x.mean(0)).norm() <= 1e-3 * dev.norm() + 1e-12
+    assert graphs.mixing_time(graphs.complete(5).mixing(0).dense()) == 1.0
+
+
+@pytest.mark.parametrize("spec,n,name", [("ring", 12, "ring12"), ("torus", 12, "torus3x4"),
+                                         ("torus:4x4", None, "torus4x4"),
+                                         ("hypercube", 8, "hypercube3"), ("erdos_renyi:0.5", 10, "erdos_renyi10"),
+                                         ("small_world:10,4,0.1", 10, "small_world10")])
+def test_specs(spec, n, name):
+    assert graphs.parse(spec, n).name == name
+
+
+@pytest.mark.parametrize("spec,n,needle", [("tours", 8, "did you mean 'torus'"), ("dyck", 16, "32 agents"),
+                                           ("hypercube", 12, "power of two"), ("ring:a", None, "numbers"),
+                                           ("torus:4", None, "needs 2"), ("erdos_renyi:10,0.01", None, "disconnected")])
+def test_bad_specs(spec, n, needle):
+    with pytest.raises(ConfigError, match=needle):
+        graphs.parse(spec, n)
+
+
+def test_graphs_command(tmp_path, capsys):
+    png = tmp_path / "g.png"
+    assert main(["graphs", "ring:8", "torus:3x3", "dyck", f"--draw={png}"]) == 0
+    out = capsys.readouterr().out
+    assert "| dyck | 32 | 3 | 5 | 0.1910 |" in out and png.stat().st_size > 0
+    assert main(["graphs", "ring:1"]) == 2
