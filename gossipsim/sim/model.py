@@ -177,7 +177,7 @@ class StackedModel:
                 times[name] = []
             except torch.OutOfMemoryError:
                 continue
-        order = random.Random(0)
+        order, dropped = random.Random(0), {}
         for r in range(repeats):
             names = list(times)
             order.shuffle(names)
@@ -185,9 +185,11 @@ class StackedModel:
                 times[name].append(_time(lambda name=name: self.grad(x, buf, xb, yb, backend=name), x.device))
             if r == 1:  # two samples each: stop timing what is clearly slower
                 best = min(statistics.median(v) for v in times.values())
-                times = {k: v for k, v in times.items() if statistics.median(v) <= 1.3 * best}
+                dropped = {k: statistics.median(v) for k, v in times.items() if statistics.median(v) > 1.3 * best}
+                times = {k: v for k, v in times.items() if k not in dropped}
         timings = {k: statistics.median(v) for k, v in times.items()}
         self.backend = min(timings, key=timings.get)
+        timings.update(dropped)
         self.timings = timings
         _AUTO_CHOICES[key] = (self.backend, timings)
         return self.backend
