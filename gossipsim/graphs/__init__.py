@@ -1,5 +1,14 @@
 """Topologies (networkx in, tensors out), mixing weights, spectral tools and the gossip operator."""
 from .mixing import Mixing, Topology
+from .schedules import (
+                         Periodic,
+                         RandomSchedule,
+                         link_failures,
+                         one_peer_exponential,
+                         random_matching,
+                         relabelled,
+                         rotating,
+)
 from .spec import SPECS, parse
 from .topologies import (
                          WEIGHTS,
@@ -23,6 +32,7 @@ from .topologies import (
                          torus,
 )
 
-__all__ = ["SPECS", "WEIGHTS", "Mixing", "Topology", "complete", "dyck", "erdos_renyi", "exponential",
-           "from_adjacency", "from_networkx", "grid", "hypercube", "mixing_time", "mixing_weights", "parse",
-           "petersen", "random_regular", "rho", "ring", "small_world", "spectral_gap", "star", "torus"]
+__all__ = ["SPECS", "WEIGHTS", "Mixing", "Periodic", "RandomSchedule", "Topology", "complete", "dyck",
+           "erdos_renyi", "exponential", "from_adjacency", "from_networkx", "grid", "hypercube", "link_failures",
+           "mixing_time", "mixing_weights", "one_peer_exponential", "parse", "petersen", "random_matching",
+           "random_regular", "relabelled", "rho", "ring", "rotating", "small_world", "spectral_gap", "star", "torus"]

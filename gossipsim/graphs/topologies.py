@@ -23,6 +23,12 @@ def mixing_weights(g: nx.Graph, weights: str = "metropolis") -> torch.Tensor:
         parts = nx.number_connected_components(g)
         raise ConfigError(f"graph is disconnected ({parts} components): gossip cannot reach consensus")
     A = torch.tensor(nx.to_numpy_array(g, nodelist=range(n), weight=None), dtype=torch.float64)  # (N, N)
+    return weights_from_adjacency(A, weights)
+
+
+def weights_from_adjacency(A: torch.Tensor, weights: str = "metropolis") -> torch.Tensor:
+    """W (N, N) for a symmetric 0/1 adjacency A; no connectivity check (a time-varying round may be split)."""
+    A = A.to(torch.float64).clone()
     A.fill_diagonal_(0)
     deg = A.sum(1)  # (N,)
     if weights == "metropolis":
@@ -41,7 +47,7 @@ def mixing_weights(g: nx.Graph, weights: str = "metropolis") -> torch.Tensor:
         # can be negative; W still averages (||W - J|| = (l_max - l_2)/(l_max + l_2) < 1).
         L = torch.diag(deg) - A
         ev = torch.linalg.eigvalsh(L)  # ascending, ev[0] = 0
-        W = -2.0 / (ev[1] + ev[-1]) * L
+        W = -2.0 / (ev[1] + ev[-1]) * L if ev[-1] > 0 else torch.zeros_like(L)
     else:
         raise ConfigError(f"unknown weights {weights!r}; accepted: {', '.join(WEIGHTS)}")
     W.fill_diagonal_(0)
