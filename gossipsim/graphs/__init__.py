@@ -1,4 +1,5 @@
 """Topologies (networkx in, tensors out), mixing weights, spectral tools and the gossip operator."""
+from .matcha import Matcha, matcha
 from .mixing import Mixing, Topology
 from .schedules import (
                          Periodic,
@@ -32,7 +33,7 @@ from .topologies import (
                          torus,
 )
 
-__all__ = ["SPECS", "WEIGHTS", "Mixing", "Periodic", "RandomSchedule", "Topology", "complete", "dyck",
+__all__ = ["SPECS", "WEIGHTS", "Matcha", "Mixing", "Periodic", "RandomSchedule", "Topology", "complete", "dyck",
            "erdos_renyi", "exponential", "from_adjacency", "from_networkx", "grid", "hypercube", "link_failures",
-           "mixing_time", "mixing_weights", "one_peer_exponential", "parse", "petersen", "random_matching",
+           "matcha", "mixing_time", "mixing_weights", "one_peer_exponential", "parse", "petersen", "random_matching",
            "random_regular", "relabelled", "rho", "ring", "rotating", "small_world", "spectral_gap", "star", "torus"]
