@@ -93,3 +93,25 @@ def test_graphs_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| dyck | 32 | 3 | 5 | 0.1910 |" in out and png.stat().st_size > 0
     assert main(["graphs", "ring:1"]) == 2
+
+
+@pytest.mark.parametrize("W,needle", [
+    (torch.ones(2, 3) / 3, "square"),
+    (torch.ones(1, 1), "at least 2"),
+    (torch.tensor([[1.2, -0.2], [-0.2, 1.2]]), "negative weight W[0, 1]"),
+    (torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.5, 0.25], [0.0, 0.25, 0.5]]), "row 2 sums to 0.75"),
+    (torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.25, 0.25], [0.0, 0.5, 0.5]]), "column 1 sums to 1.25"),
+    (torch.eye(3), "disconnected"),
+])
+def test_user_matrix_validation(W, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")) as e:
+        graphs.from_matrix(W)
+    assert "\n" not in str(e.value)
+
+
+def test_user_matrix_accepted(fresh_seed):
+    W = graphs.ring(6, weights="laplacian").mixing(0).dense()
+    topo = graphs.from_matrix(W)
+    torch.testing.assert_close(topo.mixing(3).dense(), W)
+    directed = graphs.one_peer_exponential(8).mixing(0).dense()  # doubly stochastic, not symmetric
+    assert graphs.from_matrix(directed).n == 8

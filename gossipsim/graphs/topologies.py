@@ -164,6 +164,31 @@ def from_adjacency(A, weights: str = "metropolis") -> Topology:
     return _named(g, weights, f"graph{A.shape[0]}")
 
 
+def from_matrix(W, name: str = "custom", tol: float = 1e-9) -> Topology:
+    """A static topology with a user-given mixing matrix W (N, N), validated: square, N >= 2, no negative
+    weights, doubly stochastic (the worst row or column sum is named), and connected."""
+    W = torch.as_tensor(W, dtype=torch.float64)
+    if W.dim() != 2 or W.shape[0] != W.shape[1]:
+        raise ConfigError(f"mixing matrix must be square (N, N), got shape {tuple(W.shape)}")
+    n = W.shape[0]
+    if n < 2:
+        raise ConfigError(f"a topology needs at least 2 agents, got {n}")
+    if not torch.isfinite(W).all():
+        raise ConfigError("mixing matrix has NaN or infinite entries")
+    if (W < -tol).any():
+        i, j = (W == W.min()).nonzero()[0].tolist()
+        raise ConfigError(f"mixing matrix has a negative weight W[{i}, {j}] = {float(W[i, j]):.3g}; "
+                          "weights must be >= 0")
+    for axis, what in ((1, "row"), (0, "column")):
+        sums = W.sum(axis)
+        k = int((sums - 1).abs().argmax())
+        if abs(float(sums[k]) - 1) > tol:
+            raise ConfigError(f"mixing matrix is not doubly stochastic: {what} {k} sums to {float(sums[k]):.6g}, not 1")
+    g = nx.from_numpy_array(((W + W.T) != 0).to(torch.int64).numpy())
+    _check_connected(g, "the graph of this mixing matrix", "gossip cannot reach consensus")
+    return Topology(W, g, name)
+
+
 def spectral_gap(W: torch.Tensor) -> torch.Tensor:
     """1 - |lambda_2(W)|, the second largest eigenvalue modulus; the speed of gossip averaging."""
     ev = torch.linalg.eigvals(W.to(torch.float64)).abs().sort(descending=True).values
