@@ -115,3 +115,29 @@ def test_user_matrix_accepted(fresh_seed):
     torch.testing.assert_close(topo.mixing(3).dense(), W)
     directed = graphs.one_peer_exponential(8).mixing(0).dense()  # doubly stochastic, not symmetric
     assert graphs.from_matrix(directed).n == 8
+
+
+@pytest.mark.parametrize("make,path", [
+    (lambda: graphs.ring(9), "circulant"), (lambda: graphs.ring(2), "circulant"),
+    (lambda: graphs.ring(64, weights="laplacian"), "circulant"), (lambda: graphs.torus(3, 5), "circulant"),
+    (lambda: graphs.torus(2, 6), "circulant"), (lambda: graphs.exponential(12), "circulant"),
+    (lambda: graphs.random_regular(40, 3, seed=0), "sparse"), (lambda: graphs.grid(6, 6), "sparse"),
+    (lambda: graphs.complete(40), "dense"), (lambda: graphs.petersen(), "dense"),
+    (lambda: graphs.from_matrix(graphs.ring(8, weights="max_degree").mixing(0).dense()), "dense"),
+])
+def test_every_gossip_path_equals_dense_product(make, path, fresh_seed):
+    M = make().mixing(0)
+    assert M.path == path
+    for dtype, tol in ((torch.float64, 1e-13), (torch.float32, 1e-5)):
+        x = torch.randn(M.n, 37, dtype=dtype)
+        y = M(x)
+        assert y.dtype == dtype and y.shape == x.shape
+        torch.testing.assert_close(y, (M.dense() @ x.double()).to(dtype), rtol=tol, atol=tol,
+                                   msg=lambda m: f"seed {fresh_seed}: {m}")
+
+
+def test_non_circulant_weights_on_a_grid_fall_back():
+    W = graphs.ring(6).mixing(0).dense().clone()
+    W[0, 1] = W[1, 0] = 0.2
+    W[0, 0] = W[1, 1] = 1 - 0.2 - 1 / 3
+    assert graphs.Mixing(W, grid=(6,)).path == "dense"

@@ -22,11 +22,13 @@ class Mixing:
     SPARSE_MIN_N = 32  # below this the dense product is as fast and simpler
     SPARSE_MAX_DENSITY = 0.25
 
-    def __init__(self, W: torch.Tensor):
+    def __init__(self, W: torch.Tensor, grid: tuple[int, ...] | None = None):
         if W.dim() != 2 or W.shape[0] != W.shape[1]:
             raise ConfigError(f"mixing matrix must be square (N, N), got shape {tuple(W.shape)}")
         self.W = W.to(torch.float64)  # (N, N)
         self._cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        # Circulant graphs (ring, exponential: grid (N,); torus: grid (R, C)) gossip by shifted slices.
+        self.shifts = _shifts(self.W, grid) if grid is not None else None
 
     @property
     def n(self) -> int:
@@ -42,8 +44,15 @@ class Mixing:
         n = self.n
         return n >= self.SPARSE_MIN_N and int((self.W != 0).sum()) <= self.SPARSE_MAX_DENSITY * n * n
 
+    @property
+    def path(self) -> str:
+        """Which product M(x) uses: circulant (shifted slices), sparse (CSR) or dense."""
+        return "circulant" if self.shifts is not None else ("sparse" if self.sparse else "dense")
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """W @ x for x (N, P), in the dtype of x."""
+        if self.shifts is not None:
+            return self._circulant(x)
         key = (x.dtype, x.device)
         W = self._cast.get(key)
         if W is None:
@@ -64,6 +73,18 @@ class Mixing:
                 torch.backends.cuda.matmul.allow_tf32 = allow
         return W @ x
 
+    def _circulant(self, x: torch.Tensor) -> torch.Tensor:
+        # out_i = w_0 x_i + sum_(dim, s) w_s x_(i + s along dim): one output, no (N, P) temporaries.
+        grid, w0, shifts = self.shifts
+        x = x.contiguous()
+        out = torch.mul(x, w0)
+        xv, ov = x.view(*grid, -1), out.view(*grid, -1)
+        for dim, s, w in shifts:
+            n = grid[dim]
+            ov.narrow(dim, 0, n - s).add_(xv.narrow(dim, s, n - s), alpha=w)
+            ov.narrow(dim, n - s, s).add_(xv.narrow(dim, 0, s), alpha=w)
+        return out
+
     @cached_property
     def neighbors(self) -> list[list[int]]:
         """Active neighbours of each agent (j != i with W_ij != 0), in increasing order."""
@@ -83,13 +104,37 @@ class Mixing:
         return int(self.degrees.sum())
 
 
+def _shifts(W: torch.Tensor, grid: tuple[int, ...]):
+    """(grid, w_0, [(dim, s, w_s)]) if W is circulant on the grid (agent index = row-major grid position),
+    else None. Row i receives w_s from the agent s steps further along `dim`."""
+    n = W.shape[0]
+    if n != int(torch.tensor(grid).prod()):
+        return None
+    idx = torch.arange(n).view(grid)
+    W0 = W[0]  # row of agent 0: the weights every agent gives its shifted neighbours
+    shifts, rebuilt = [], torch.diag(W.diagonal())
+    for dim, size in enumerate(grid):
+        for s in range(1, size):
+            j = int(idx.roll(-s, dims=dim).flatten()[0])  # the agent s steps from agent 0 along dim
+            w = float(W0[j])
+            if w:
+                shifts.append((dim, s, w))
+                rebuilt[torch.arange(n), idx.roll(-s, dims=dim).flatten()] += w
+    w_diag = float(W[0, 0])
+    if not torch.allclose(W.diagonal(), torch.full((n,), w_diag, dtype=W.dtype), rtol=0, atol=1e-15):
+        return None
+    if not torch.allclose(rebuilt, W, rtol=0, atol=1e-15):  # e.g. diagonal neighbours, or unequal weights
+        return None
+    return grid, w_diag, shifts
+
+
 class Topology:
     """A static topology: the same Mixing every round. `graph` is the networkx graph it came from."""
 
-    def __init__(self, W: torch.Tensor, graph: nx.Graph | None = None, name: str = "custom"):
-        self._mixing = Mixing(W)
-        self.graph = graph
-        self.name = name
+    def __init__(self, W: torch.Tensor, graph: nx.Graph | None = None, name: str = "custom",
+                 grid: tuple[int, ...] | None = None):
+        self._mixing = Mixing(W, grid)
+        self.graph, self.name, self.grid = graph, name, grid
 
     @property
     def n(self) -> int:
@@ -100,7 +145,7 @@ class Topology:
         return self._mixing
 
     def to(self, device: torch.device | str) -> Topology:
-        return Topology(self._mixing.W.to(device), self.graph, self.name)
+        return Topology(self._mixing.W.to(device), self.graph, self.name, self.grid)
 
     def __repr__(self) -> str:
         return f"Topology({self.name}, n={self.n})"

@@ -63,7 +63,7 @@ def from_networkx(g: nx.Graph, weights: str = "metropolis", name: str | None = N
 def ring(n: int, weights: str = "metropolis") -> Topology:
     """Cycle of n agents; each talks to its two neighbours (one for n = 2)."""
     _check_n(n)
-    return Topology(mixing_weights(nx.cycle_graph(n), weights), nx.cycle_graph(n), f"ring{n}")
+    return Topology(mixing_weights(nx.cycle_graph(n), weights), nx.cycle_graph(n), f"ring{n}", grid=(n,))
 
 
 def complete(n: int, weights: str = "metropolis") -> Topology:
@@ -75,7 +75,8 @@ def complete(n: int, weights: str = "metropolis") -> Topology:
 def torus(r: int, c: int, weights: str = "metropolis") -> Topology:
     """r x c grid with wrap-around (4 neighbours each when r, c >= 3)."""
     _check_side(r, c)
-    return _named(nx.grid_2d_graph(r, c, periodic=True), weights, f"torus{r}x{c}")
+    g = nx.grid_2d_graph(r, c, periodic=True)
+    return Topology(mixing_weights(g, weights), g, f"torus{r}x{c}", grid=(r, c))
 
 
 def grid(r: int, c: int, weights: str = "metropolis") -> Topology:
@@ -119,7 +120,7 @@ def exponential(n: int, weights: str = "metropolis") -> Topology:
     while k < n:
         g.add_edges_from((i, (i + k) % n) for i in range(n) if (i + k) % n != i)
         k *= 2
-    return _named(g, weights, f"exponential{n}")
+    return Topology(mixing_weights(g, weights), g, f"exponential{n}", grid=(n,))
 
 
 def erdos_renyi(n: int, p: float, seed: int = 0, weights: str = "metropolis") -> Topology:
