@@ -120,7 +120,7 @@ def test_user_matrix_accepted(fresh_seed):
 @pytest.mark.parametrize("make,path", [
     (lambda: graphs.ring(9), "circulant"), (lambda: graphs.ring(2), "circulant"),
     (lambda: graphs.ring(64, weights="laplacian"), "circulant"), (lambda: graphs.torus(3, 5), "circulant"),
-    (lambda: graphs.torus(2, 6), "circulant"), (lambda: graphs.exponential(12), "circulant"),
+    (lambda: graphs.torus(2, 6), "circulant"), (lambda: graphs.exponential(64), "sparse"),
     (lambda: graphs.random_regular(40, 3, seed=0), "sparse"), (lambda: graphs.grid(6, 6), "sparse"),
     (lambda: graphs.complete(40), "dense"), (lambda: graphs.petersen(), "dense"),
     (lambda: graphs.from_matrix(graphs.ring(8, weights="max_degree").mixing(0).dense()), "dense"),

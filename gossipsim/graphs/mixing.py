@@ -21,14 +21,17 @@ class Mixing:
 
     SPARSE_MIN_N = 32  # below this the dense product is as fast and simpler
     SPARSE_MAX_DENSITY = 0.25
+    MAX_SHIFTS = 4
 
     def __init__(self, W: torch.Tensor, grid: tuple[int, ...] | None = None):
         if W.dim() != 2 or W.shape[0] != W.shape[1]:
             raise ConfigError(f"mixing matrix must be square (N, N), got shape {tuple(W.shape)}")
         self.W = W.to(torch.float64)  # (N, N)
         self._cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-        # Circulant graphs (ring, exponential: grid (N,); torus: grid (R, C)) gossip by shifted slices.
-        self.shifts = _shifts(self.W, grid) if grid is not None else None
+        # Circulant graphs of low degree (ring: grid (N,); torus: grid (R, C)) gossip by shifted slices. Each
+        # shift is another pass over x, so beyond MAX_SHIFTS (an exponential graph has 2 log2 N) CSR is faster.
+        shifts = _shifts(self.W, grid) if grid is not None else None
+        self.shifts = shifts if shifts is not None and len(shifts[2]) <= self.MAX_SHIFTS else None
 
     @property
     def n(self) -> int:

@@ -1,0 +1,106 @@
+"""Gossip operator speed: every path of M(x) against the copy bandwidth measured in the same run.
+
+    python benchmarks/gossip.py [--quick] [--agents 64,256,1024] [--params 60000,270000] [--json PATH]
+
+For each N and P, and a ring (circulant), an exponential graph (circulant, log-degree) and a random
+3-regular graph (sparse), times M(x) for x (N, P) float32 on each applicable path: circulant (shifted
+slices), sparse (CSR) and dense (N x N matmul; skipped where N^2 P would take too long on a CPU).
+Effective GB/s counts the bytes gossip must move at least once, reading x and writing W x (2 N P 4 bytes),
+so "of copy" is the fraction of the measured copy bandwidth (x.copy_ of the same size) reached.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gossipsim import graphs  # noqa: E402
+from gossipsim.graphs.mixing import Mixing  # noqa: E402
+from gossipsim.sim.model import keep_freed_memory  # noqa: E402
+
+DENSE_MAX_FLOPS = 4e10  # a dense product above this is skipped on a CPU (minutes each)
+
+
+def timed(fn, device, min_time: float) -> float:
+    fn()  # warm up
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < min_time:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def paths(topo) -> dict[str, Mixing]:
+    """The same W behind every path that applies to it."""
+    M = topo.mixing(0)
+    W = M.dense()
+    out = {"dense": Mixing(W)}
+    out["dense"].sparse = False  # force the dense product for comparison
+    sparse = Mixing(W)
+    sparse.sparse = True
+    out["sparse"] = sparse
+    if M.shifts is not None:
+        out["circulant"] = M
+    elif topo.grid is not None:  # circulant, but with too many shifts for the dispatch to pick: show why
+        from gossipsim.graphs.mixing import _shifts
+
+        forced = Mixing(W)
+        forced.shifts = _shifts(W, topo.grid)
+        out["circulant"] = forced
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--agents", default=None)
+    ap.add_argument("--params", default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", default=str(Path(__file__).with_name("gossip.json")))
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as the engine does: else every fresh output is page-faulted in
+    agents = [int(a) for a in (args.agents or ("64,256" if args.quick else "64,256,1024")).split(",")]
+    params = [int(p) for p in (args.params or ("60000" if args.quick else "60000,270000")).split(",")]
+    min_time = 0.3 if args.quick else 1.0
+    print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+          f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
+    print("| graph | N | P | copy GB/s | path | ms | GB/s | of copy |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|")
+    rows = []
+    for n in agents:
+        for p in params:
+            x = torch.randn(n, p, device=device)  # (N, P)
+            y = torch.empty_like(x)
+            nbytes = 2 * x.numel() * x.element_size()
+            copy = nbytes / timed(lambda x=x, y=y: y.copy_(x), device, min_time) / 1e9
+            for topo in (graphs.ring(n), graphs.exponential(n), graphs.random_regular(n, 3, seed=0)):
+                for path, M in paths(topo).items():
+                    if path == "dense" and device.type == "cpu" and 2 * n * n * p > DENSE_MAX_FLOPS:
+                        continue
+                    s = timed(lambda M=M, x=x: M(x), device, min_time)
+                    gbs = nbytes / s / 1e9
+                    rows.append(dict(graph=topo.name, N=n, P=p, copy_gbs=copy, path=path, seconds=s, gbs=gbs,
+                                     of_copy=gbs / copy))
+                    print(f"| {topo.name} | {n} | {p} | {copy:.1f} | {path} | {1e3 * s:.1f} | {gbs:.1f} | "
+                          f"{100 * gbs / copy:.0f}% |", flush=True)
+    Path(args.json).write_text(json.dumps({"device": str(device), "torch": torch.__version__, "rows": rows},
+                                          indent=1))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
