@@ -98,7 +98,7 @@ def cmd_graphs(argv: list[str]) -> int:
         fig, axes = plt.subplots(1, len(topos), figsize=(3.2 * len(topos), 3.4), squeeze=False)
         for ax, spec, topo in zip(axes[0], ns.specs, topos):
             g = nx.convert_node_labels_to_integers(topo.graph, ordering="sorted")
-            nx.draw(g, nx.kamada_kawai_layout(g), ax=ax, node_size=40, width=0.6)
+            nx.draw(g, nx.spring_layout(g, seed=0), ax=ax, node_size=40, width=0.6)  # numpy only, no scipy
             ax.set_title(spec)
         fig.tight_layout()
         fig.savefig(ns.draw, dpi=100)
