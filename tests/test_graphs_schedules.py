@@ -64,3 +64,38 @@ def test_link_failures_and_rotation_schedules():
         graphs.rotating(g[:2], schedule="al_dsgd")
     with pytest.raises(ConfigError):
         graphs.link_failures(base, 1.0)
+
+
+def _mean_square_deviation(x0, rounds, streams, reseed):
+    total = 0.0
+    for r in range(streams):
+        sched = reseed(r)
+        x = x0.clone()
+        for t in range(rounds):
+            x = sched.mixing(t)(x)
+        total += float((x - x.mean(0)).pow(2).sum())
+    return total / streams
+
+
+@pytest.mark.parametrize("n", [10, 11])
+def test_random_matching_contracts_at_its_predicted_rate(n, fresh_seed):
+    # A matching's W is a projection (W^2 = W), so E[W^T W] = E[W]; each pair is matched with probability
+    # 1/(n-1) (n even) or 1/n (n odd), which makes E[W] = rho I + (1 - rho) J on the mean-free space.
+    rho = 1 - n / (2 * (n - 1)) if n % 2 == 0 else 0.5
+    x0 = torch.randn(n, 3, dtype=torch.float64)
+    x0 -= x0.mean(0)
+    T = 6
+    msd = _mean_square_deviation(x0, T, 400, lambda r: graphs.random_matching(n, seed=10_000 + r))
+    assert msd == pytest.approx(rho**T * float(x0.pow(2).sum()), rel=0.2), f"seed {fresh_seed}"
+
+
+def test_link_failures_contract_at_the_rate_of_their_expected_mixing(fresh_seed):
+    base = graphs.torus(3, 4)
+    draws = [graphs.link_failures(base, 0.3, seed=99).mixing(t).dense() for t in range(3000)]
+    E = sum(W.T @ W for W in draws) / len(draws)
+    rho = float(torch.linalg.eigvalsh(E - 1 / base.n).abs().max())  # ||E[W^T W] - J||, estimated
+    x0 = torch.randn(base.n, 3, dtype=torch.float64)
+    x0 -= x0.mean(0)
+    T = 10
+    msd = _mean_square_deviation(x0, T, 300, lambda r: graphs.link_failures(base, 0.3, seed=r))
+    assert msd <= 1.25 * rho**T * float(x0.pow(2).sum()), f"seed {fresh_seed}"
