@@ -6,7 +6,9 @@ For each N and P, and a ring (circulant), an exponential graph (circulant, log-d
 3-regular graph (sparse), times M(x) for x (N, P) float32 on each applicable path: circulant (shifted
 slices), sparse (CSR) and dense (N x N matmul; skipped where N^2 P would take too long on a CPU).
 Effective GB/s counts the bytes gossip must move at least once, reading x and writing W x (2 N P 4 bytes),
-so "of copy" is the fraction of the measured copy bandwidth (x.copy_ of the same size) reached.
+so "of copy" is the fraction of the measured copy bandwidth (x.copy_ of the same size) reached. "auto" marks
+the path M(x) picks on this device. The last column, nanoseconds per multiply-add (N (deg + 1) P of them),
+shows whether the sparse paths cost linear in N deg P: it should stay flat across N, P and degree.
 """
 from __future__ import annotations
 
@@ -43,22 +45,11 @@ def timed(fn, device, min_time: float) -> float:
 
 
 def paths(topo) -> dict[str, Mixing]:
-    """The same W behind every path that applies to it."""
+    """The same W behind every product that applies to it; `auto` is the one M(x) picks."""
     M = topo.mixing(0)
-    W = M.dense()
-    out = {"dense": Mixing(W)}
-    out["dense"].sparse = False  # force the dense product for comparison
-    sparse = Mixing(W)
-    sparse.sparse = True
-    out["sparse"] = sparse
+    out = {path: Mixing(M.dense(), topo.grid, path=path) for path in ("dense", "sparse")}
     if M.shifts is not None:
-        out["circulant"] = M
-    elif topo.grid is not None:  # circulant, but with too many shifts for the dispatch to pick: show why
-        from gossipsim.graphs.mixing import _shifts
-
-        forced = Mixing(W)
-        forced.shifts = _shifts(W, topo.grid)
-        out["circulant"] = forced
+        out["circulant"] = Mixing(M.dense(), topo.grid, path="circulant")
     return out
 
 
@@ -78,8 +69,8 @@ def main() -> None:
     min_time = 0.3 if args.quick else 1.0
     print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
-    print("| graph | N | P | copy GB/s | path | ms | GB/s | of copy |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|")
+    print("| graph | N | P | copy GB/s | path | ms | GB/s | of copy | ns per N(deg+1)P |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|")
     rows = []
     for n in agents:
         for p in params:
@@ -88,15 +79,19 @@ def main() -> None:
             nbytes = 2 * x.numel() * x.element_size()
             copy = nbytes / timed(lambda x=x, y=y: y.copy_(x), device, min_time) / 1e9
             for topo in (graphs.ring(n), graphs.exponential(n), graphs.random_regular(n, 3, seed=0)):
+                M0 = topo.mixing(0)
+                nnz = n + M0.edges  # N (deg + 1): the multiply-adds a row of x costs on the sparse paths
                 for path, M in paths(topo).items():
                     if path == "dense" and device.type == "cpu" and 2 * n * n * p > DENSE_MAX_FLOPS:
                         continue
                     s = timed(lambda M=M, x=x: M(x), device, min_time)
                     gbs = nbytes / s / 1e9
-                    rows.append(dict(graph=topo.name, N=n, P=p, copy_gbs=copy, path=path, seconds=s, gbs=gbs,
-                                     of_copy=gbs / copy))
-                    print(f"| {topo.name} | {n} | {p} | {copy:.1f} | {path} | {1e3 * s:.1f} | {gbs:.1f} | "
-                          f"{100 * gbs / copy:.0f}% |", flush=True)
+                    per = 1e9 * s / (nnz * p)
+                    auto = path == M0.path_on(device)
+                    rows.append(dict(graph=topo.name, N=n, P=p, copy_gbs=copy, path=path, auto=auto, seconds=s,
+                                     gbs=gbs, of_copy=gbs / copy, ns_per_nnz_p=per))
+                    print(f"| {topo.name} | {n} | {p} | {copy:.1f} | {path}{' (auto)' if auto else ''} | "
+                          f"{1e3 * s:.1f} | {gbs:.1f} | {100 * gbs / copy:.0f}% | {per:.3f} |", flush=True)
     Path(args.json).write_text(json.dumps({"device": str(device), "torch": torch.__version__, "rows": rows},
                                           indent=1))
     print(f"\nwrote {args.json}")

@@ -1,6 +1,8 @@
 """Time-varying topologies: doubly stochastic every round, reproducible, and they reach consensus."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -99,3 +101,58 @@ def test_link_failures_contract_at_the_rate_of_their_expected_mixing(fresh_seed)
     T = 10
     msd = _mean_square_deviation(x0, T, 300, lambda r: graphs.link_failures(base, 0.3, seed=r))
     assert msd <= 1.25 * rho**T * float(x0.pow(2).sum()), f"seed {fresh_seed}"
+
+
+@pytest.mark.parametrize("spec,n,kind,name", [
+    ("ring+fail:0.2", 12, graphs.RandomSchedule, "link_failures(ring12, p=0.2)"),
+    ("torus+matcha:0.5", 12, graphs.Matcha, "matcha(torus3x4, budget=0.5)"),
+    ("ring:8+matcha", None, graphs.Matcha, "matcha(ring8, budget=0.5)"),
+    ("erdos_renyi:0.5+rotate", 10, graphs.Periodic, "rotating(erdos_renyi10,erdos_renyi10~2,erdos_renyi10~3)"),
+    ("ring+rotate:2", 6, graphs.Periodic, "rotating(ring6,ring6~2)"),
+    ("one_peer_exponential", 8, graphs.Periodic, "one_peer_exponential8"),
+    ("random_matching:9", None, graphs.RandomSchedule, "random_matching9"),
+])
+def test_time_varying_specs(spec, n, kind, name):
+    topo = graphs.parse(spec, n, seed=1)
+    assert isinstance(topo, kind) and topo.name == name
+    again = graphs.parse(spec, n, seed=1)
+    for t in (5, 2):
+        torch.testing.assert_close(topo.mixing(t).dense(), again.mixing(t).dense(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("ring+fial:0.1", "unknown topology modifier 'fial'"), ("ring+fail", "needs a number, e.g. ring+fail:0.1"),
+    ("ring+fail:x", "must be a number"), ("ring+fail:1.5", "in [0, 1)"), ("ring+matcha:0", "(0, 1]"),
+    ("ring+rotate:1", "k >= 2"), ("ring+fail:0.1+matcha", "one modifier at most"),
+    ("random_matching+fail:0.1", "static base graph"), ("one_peer_exponential:2.5", "whole number"),
+])
+def test_bad_time_varying_specs(spec, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)) as e:
+        graphs.parse(spec, 8)
+    assert "\n" not in str(e.value)
+
+
+def test_rho_per_round(fresh_seed):
+    ring = graphs.ring(10)
+    assert graphs.rho_per_round(ring) == pytest.approx(float(graphs.rho(ring.mixing(0).dense())), abs=1e-12)
+    assert graphs.rho_per_round(graphs.one_peer_exponential(16)) < 1e-12  # exact average within a period
+    assert graphs.one_peer_exponential(12).period == 4 and graphs.parse("ring+rotate", 8).period == 6
+    # random matchings on n = 10: E[W^T W] = E[W] has rho = 1 - n / (2 (n - 1)) on the mean-free space
+    assert graphs.rho_per_round(graphs.random_matching(10, seed=2), samples=4000) ** 2 == pytest.approx(
+        1 - 10 / 18, rel=0.05)
+    m = graphs.matcha(graphs.ring(8), budget=0.5)
+    from gossipsim.graphs.matcha import expected_rho
+
+    assert graphs.rho_per_round(m) ** 2 == pytest.approx(expected_rho(m.laplacians, m.probabilities, float(m.alpha)))
+
+
+def test_time_varying_topology_in_a_run(tmp_path, capsys):
+    from gossipsim.sim.cli import main
+
+    assert main(["run", "--topology=ring+fail:0.3", "--agents=4", "--rounds=4", "--eval_every=4",
+                 "--batch_size=8", f"--out={tmp_path / 'r'}"]) == 0
+    assert "link_failures(ring4, p=0.3)" in (tmp_path / "r" / "summary.json").read_text()
+    assert main(["graphs", "ring+matcha:0.5", "one_peer_exponential", "random_matching", "--agents=8"]) == 0
+    out = capsys.readouterr().out
+    assert "| one_peer_exponential | 8 | 1 | - | - | 0.0000 | 3 |" in out and "| ring+matcha:0.5 | 8 | 0..2 |" in out
+    assert main(["run", "--topology=ring+fial:0.3", "--agents=4"]) == 2

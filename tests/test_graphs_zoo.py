@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gossipsim import ConfigError, graphs
+from gossipsim.graphs import Mixing
 from gossipsim.sim.cli import main
 
 ZOO = {
@@ -117,27 +118,41 @@ def test_user_matrix_accepted(fresh_seed):
     assert graphs.from_matrix(directed).n == 8
 
 
-@pytest.mark.parametrize("make,path", [
-    (lambda: graphs.ring(9), "circulant"), (lambda: graphs.ring(2), "circulant"),
-    (lambda: graphs.ring(64, weights="laplacian"), "circulant"), (lambda: graphs.torus(3, 5), "circulant"),
-    (lambda: graphs.torus(2, 6), "circulant"), (lambda: graphs.exponential(64), "sparse"),
-    (lambda: graphs.random_regular(40, 3, seed=0), "sparse"), (lambda: graphs.grid(6, 6), "sparse"),
-    (lambda: graphs.complete(40), "dense"), (lambda: graphs.petersen(), "dense"),
-    (lambda: graphs.from_matrix(graphs.ring(8, weights="max_degree").mixing(0).dense()), "dense"),
+@pytest.mark.parametrize("make,cpu,cuda", [
+    (lambda: graphs.ring(9), "dense", "dense"), (lambda: graphs.ring(2), "dense", "dense"),
+    (lambda: graphs.ring(64, weights="laplacian"), "sparse", "circulant"),
+    (lambda: graphs.torus(3, 5), "dense", "dense"), (lambda: graphs.torus(2, 16), "sparse", "circulant"),
+    (lambda: graphs.exponential(64), "sparse", "sparse"),  # circulant, but 10 shifts: 10 passes over x
+    (lambda: graphs.random_regular(40, 3, seed=0), "sparse", "sparse"), (lambda: graphs.grid(6, 6), "sparse", "sparse"),
+    (lambda: graphs.complete(40), "dense", "dense"), (lambda: graphs.petersen(), "dense", "dense"),
+    (lambda: graphs.from_matrix(graphs.ring(8, weights="max_degree").mixing(0).dense()), "dense", "dense"),
 ])
-def test_every_gossip_path_equals_dense_product(make, path, fresh_seed):
-    M = make().mixing(0)
-    assert M.path == path
-    for dtype, tol in ((torch.float64, 1e-13), (torch.float32, 1e-5)):
-        x = torch.randn(M.n, 37, dtype=dtype)
-        y = M(x)
-        assert y.dtype == dtype and y.shape == x.shape
-        torch.testing.assert_close(y, (M.dense() @ x.double()).to(dtype), rtol=tol, atol=tol,
-                                   msg=lambda m: f"seed {fresh_seed}: {m}")
+def test_every_gossip_path_equals_dense_product(make, cpu, cuda, fresh_seed, monkeypatch):
+    topo = make()
+    M = topo.mixing(0)
+    assert (M.path_on("cpu"), M.path_on("cuda")) == (cpu, cuda) and M.path == cpu
+    monkeypatch.setattr(Mixing, "CPU_BLOCK_BYTES", 1)  # blocks of 256 columns: P = 600 is 3, the last short
+    for path in ("dense", "sparse") + (("circulant",) if M.shifts is not None else ()):
+        forced = Mixing(M.dense(), topo.grid, path=path)
+        for dtype, tol in ((torch.float64, 1e-13), (torch.float32, 1e-5)):
+            for p in (1, 37, 600):
+                x = torch.randn(M.n, p, dtype=dtype)
+                y = forced(x)
+                assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous()
+                torch.testing.assert_close(y, (M.dense() @ x.double()).to(dtype), rtol=tol, atol=tol,
+                                           msg=lambda m, path=path, p=p: f"{path} P={p} seed {fresh_seed}: {m}")
+
+
+def test_forced_paths_are_checked():
+    with pytest.raises(ConfigError, match="circulant"):
+        Mixing(graphs.petersen().mixing(0).dense(), path="circulant")
+    with pytest.raises(ConfigError, match="'fast' is not one of dense, sparse, circulant"):
+        Mixing(graphs.ring(4).mixing(0).dense(), path="fast")
 
 
 def test_non_circulant_weights_on_a_grid_fall_back():
     W = graphs.ring(6).mixing(0).dense().clone()
     W[0, 1] = W[1, 0] = 0.2
     W[0, 0] = W[1, 1] = 1 - 0.2 - 1 / 3
-    assert graphs.Mixing(W, grid=(6,)).path == "dense"
+    M = graphs.Mixing(W, grid=(6,))
+    assert M.shifts is None and M.path == "dense"

@@ -8,6 +8,7 @@ from .schedules import (
                         one_peer_exponential,
                         random_matching,
                         relabelled,
+                        rho_per_round,
                         rotating,
 )
 from .spec import SPECS, parse
@@ -37,5 +38,5 @@ from .topologies import (
 __all__ = ["SPECS", "WEIGHTS", "Matcha", "Mixing", "Periodic", "RandomSchedule", "Topology", "complete", "dyck",
            "erdos_renyi", "exponential", "from_adjacency", "from_matrix", "from_networkx", "grid", "hypercube",
            "link_failures", "matcha", "mixing_time", "mixing_weights", "one_peer_exponential", "parse", "petersen",
-           "random_matching", "random_regular", "relabelled", "rho", "ring", "rotating", "small_world",
+           "random_matching", "random_regular", "relabelled", "rho", "rho_per_round", "ring", "rotating", "small_world",
            "spectral_gap", "star", "torus"]

@@ -29,8 +29,17 @@ class Periodic:
     def mixing(self, t: int | torch.Tensor = 0) -> Mixing:
         return self.mixings[self.index(int(t))]
 
+    @property
+    def period(self) -> int:
+        """Rounds after which the schedule repeats (rotating's al_dsgd rule over 3 graphs: 6)."""
+        k = len(self.mixings)
+        period = 1
+        while any(self.index(t) != self.index(t + period) for t in range(4 * k * period)):
+            period += 1
+        return period
+
     def to(self, device: torch.device | str) -> Periodic:
-        return Periodic([Mixing(m.W.to(device)) for m in self.mixings], self.index, self.name)
+        return Periodic([Mixing(m.W.to(device), m.grid, m.forced) for m in self.mixings], self.index, self.name)
 
     def __repr__(self) -> str:
         return f"Periodic({self.name}, n={self.n})"
@@ -131,3 +140,29 @@ def link_failures(base: Topology, p: float, seed: int = 0, weights: str = "metro
         return weights_from_adjacency(At + At.T, weights)
 
     return RandomSchedule(base.n, draw, seed, f"link_failures({base.name}, p={p})")
+
+
+def rho_per_round(topo, samples: int = 256) -> float:
+    """How much one round of gossip shrinks the disagreement, for any topology or schedule.
+
+    Static: rho = ||W - J||_2. Periodic with period k: ||W_(k-1) ... W_0 - J||_2^(1/k), the exact rate
+    over a period (one_peer_exponential averages exactly: 0). Random: sqrt(||E[W_t^T W_t] - J||_2), since
+    E||x_(t+1) - xbar||^2 <= ||E[W^T W] - J|| ||x_t - xbar||^2; MATCHA's expectation is exact, others are
+    averaged over `samples` rounds.
+    """
+    from .matcha import Matcha, expected_rho
+
+    n = topo.n
+    J = torch.full((n, n), 1 / n, dtype=torch.float64)
+    if isinstance(topo, Topology):
+        return float(torch.linalg.matrix_norm(topo.mixing(0).dense().cpu() - J, ord=2))
+    if isinstance(topo, Matcha):
+        return expected_rho(topo.laplacians, topo.probabilities, float(topo.alpha)) ** 0.5
+    if isinstance(topo, Periodic):
+        period = topo.period
+        product = torch.eye(n, dtype=torch.float64)
+        for t in range(period):
+            product = topo.mixing(t).dense().cpu() @ product
+        return float(torch.linalg.matrix_norm(product - J, ord=2)) ** (1 / period)
+    E = sum(W.T @ W for W in (topo.mixing(t).dense().cpu() for t in range(samples))) / samples
+    return float(torch.linalg.matrix_norm(E - J, ord=2)) ** 0.5

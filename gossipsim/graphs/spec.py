@@ -3,6 +3,11 @@
 A spec is `name[:args]`; args are `x`- or `,`-separated numbers. Where a spec leaves the size out, `n`
 (the run's number of agents) fills it in: `ring` with n = 16 is `ring:16`, `torus` is the most square
 r x c = n, `hypercube` needs n a power of two.
+
+Time-varying topologies: the schedules `one_peer_exponential[:n]` and `random_matching[:n]`, or a static
+spec with one modifier after `+`: `ring+fail:0.1` (each link fails with probability 0.1 per round),
+`torus+matcha:0.5` (MATCHA with budget C_b = 0.5), `erdos_renyi:8,0.5+rotate` (AL-DSGD's three relabelled
+copies and its schedule) or `+rotate:k` (k relabelled copies, cyclic). Random draws use `seed`.
 """
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ import math
 
 from ..errors import ConfigError
 from . import topologies as T
+from .matcha import matcha
 from .mixing import Topology
+from .schedules import link_failures, one_peer_exponential, random_matching, relabelled, rotating
 
 # name -> (builder, how many numeric args it takes, an example)
 SPECS = {
@@ -27,12 +34,45 @@ SPECS = {
     "erdos_renyi": (T.erdos_renyi, 2, "erdos_renyi:16,0.3"),
     "random_regular": (T.random_regular, 2, "random_regular:16,3"),
     "small_world": (T.small_world, 3, "small_world:16,4,0.1"),
+    "one_peer_exponential": (lambda n, weights: one_peer_exponential(n), 1, "one_peer_exponential:16"),
+    "random_matching": (lambda n, weights, seed: random_matching(n, seed), 1, "random_matching:16"),
 }
-RANDOM = ("erdos_renyi", "random_regular", "small_world")
+RANDOM = ("erdos_renyi", "random_regular", "small_world", "random_matching")
+SCHEDULES = ("one_peer_exponential", "random_matching")
+
+# modifier -> (what it makes of a static base, an example); arg is the number after `:` or None
+MODIFIERS = {
+    "fail": (lambda base, arg, weights, seed: link_failures(base, _need(arg, "ring+fail:0.1"), seed, weights),
+             "ring+fail:0.1"),
+    "matcha": (lambda base, arg, weights, seed: matcha(base, 0.5 if arg is None else arg, seed), "torus+matcha:0.5"),
+    "rotate": (lambda base, arg, weights, seed: _rotate(base, arg, weights, seed), "erdos_renyi:8,0.5+rotate"),
+}
 
 
-def parse(spec: str, n: int | None = None, *, weights: str = "metropolis", seed: int = 0) -> Topology:
-    """Build the topology a spec names; `n` fills in a missing size and must match a given one."""
+def parse(spec: str, n: int | None = None, *, weights: str = "metropolis", seed: int = 0):
+    """Build the topology a spec names; `n` fills in a missing size and must match a given one.
+
+    Returns a Topology, or for a time-varying spec a schedule with the same interface (n, mixing(t), to)."""
+    base_spec, plus, modifier = spec.strip().partition("+")
+    if not plus:
+        return _static(base_spec, n, weights, seed)
+    mod, _, arg = modifier.strip().partition(":")
+    if mod not in MODIFIERS:
+        raise ConfigError(f"unknown topology modifier {mod!r} in {spec!r}; accepted: "
+                          + ", ".join(example for _, example in MODIFIERS.values()))
+    if "+" in modifier:
+        raise ConfigError(f"topology {spec!r}: one modifier at most, e.g. {MODIFIERS[mod][1]}")
+    if base_spec.partition(":")[0].strip() in SCHEDULES:
+        raise ConfigError(f"topology {spec!r}: +{mod} needs a static base graph, not a schedule")
+    try:
+        value = float(arg) if arg.strip() else None
+    except ValueError:
+        raise ConfigError(f"topology {spec!r}: the modifier's argument must be a number, e.g. "
+                          f"{MODIFIERS[mod][1]}") from None
+    return MODIFIERS[mod][0](_static(base_spec, n, weights, seed), value, weights, seed)
+
+
+def _static(spec: str, n: int | None, weights: str, seed: int):
     name, _, rest = spec.strip().partition(":")
     if name not in SPECS:
         match = difflib.get_close_matches(name, list(SPECS), n=1)
@@ -49,6 +89,8 @@ def parse(spec: str, n: int | None = None, *, weights: str = "metropolis", seed:
         args = [n, *args]
     if len(args) != arity:
         raise ConfigError(f"topology {spec!r} needs {arity} argument(s), e.g. {example}")
+    if name in SCHEDULES and any(not isinstance(a, int) for a in args):
+        raise ConfigError(f"topology {spec!r}: the size must be a whole number, e.g. {example}")
     kwargs = {"weights": weights, **({"seed": seed} if name in RANDOM else {})}
     topo = build(*args, **kwargs)
     if n is not None and topo.n != n:
@@ -66,3 +108,18 @@ def _size_from_n(name: str, n: int) -> list[int]:
             raise ConfigError(f"hypercube needs a power of two agents, got agents={n}")
         return [d]
     return [n]
+
+
+def _need(arg: float | None, example: str) -> float:
+    if arg is None:
+        raise ConfigError(f"this topology modifier needs a number, e.g. {example}")
+    return arg
+
+
+def _rotate(base: Topology, k: float | None, weights: str, seed: int):
+    """AL-DSGD's dynamic graphs: the base and relabelled copies of it (copy 0 is the base itself)."""
+    if k is not None and (k != int(k) or k < 2):
+        raise ConfigError(f"rotate:k needs a whole number k >= 2 of graphs, got {k!r}")
+    count = 3 if k is None else int(k)
+    copies = [base] + [relabelled(base, seed + i, weights) for i in range(1, count)]
+    return rotating(copies, "al_dsgd" if k is None else "cyclic")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 
 from ..errors import ConfigError
@@ -71,6 +72,7 @@ def cmd_run(argv: list[str]) -> int:
 def cmd_graphs(argv: list[str]) -> int:
     """Describe topologies: size, degrees, diameter, spectral gap, rho, mixing time; optionally draw them."""
     import networkx as nx
+    import torch
 
     from .. import graphs
 
@@ -82,13 +84,21 @@ def cmd_graphs(argv: list[str]) -> int:
     parser.add_argument("--draw", metavar="FILE.png", help="draw the graphs side by side into a PNG")
     ns = parser.parse_args(argv)
     topos = [graphs.parse(spec, ns.agents, weights=ns.weights, seed=ns.seed) for spec in ns.specs]
-    print("| topology | n | degree | diameter | spectral gap | rho | mixing time (rounds to 1e-2) |")
+    print("| topology | n | degree | diameter | spectral gap | rho per round | mixing time (rounds to 1e-2) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for spec, topo in zip(ns.specs, topos):
-        W, deg = topo.mixing(0).dense(), topo.mixing(0).degrees
+        static = isinstance(topo, graphs.Topology)
+        deg = torch.stack([topo.mixing(t).degrees.cpu() for t in range(1 if static else 64)])  # (rounds, N)
         degree = f"{int(deg.min())}" if deg.min() == deg.max() else f"{int(deg.min())}..{int(deg.max())}"
-        print(f"| {spec} | {topo.n} | {degree} | {nx.diameter(topo.graph)} | {float(graphs.spectral_gap(W)):.4f} "
-              f"| {float(graphs.rho(W)):.4f} | {graphs.mixing_time(W)} |")
+        W = topo.mixing(0).dense()
+        diameter = nx.diameter(nx.from_numpy_array((W != 0).cpu().numpy())) if static else "-"
+        gap = f"{float(graphs.spectral_gap(W)):.4f}" if static else "-"
+        r = graphs.rho_per_round(topo)
+        if r < 1e-12:  # exact averaging: within one round, or one period of a periodic schedule
+            steps = getattr(topo, "period", 1)
+        else:
+            steps = math.ceil(math.log(1e-2) / math.log(r)) if r < 1 else math.inf
+        print(f"| {spec} | {topo.n} | {degree} | {diameter} | {gap} | {r:.4f} | {steps} |")
     if ns.draw:
         import matplotlib
 
@@ -97,9 +107,11 @@ def cmd_graphs(argv: list[str]) -> int:
 
         fig, axes = plt.subplots(1, len(topos), figsize=(3.2 * len(topos), 3.4), squeeze=False)
         for ax, spec, topo in zip(axes[0], ns.specs, topos):
-            g = nx.convert_node_labels_to_integers(topo.graph, ordering="sorted")
+            A = (topo.mixing(0).dense() != 0).cpu().numpy()
+            A[range(topo.n), range(topo.n)] = False
+            g = nx.from_numpy_array(A)
             nx.draw(g, nx.spring_layout(g, seed=0), ax=ax, node_size=40, width=0.6)  # numpy only, no scipy
-            ax.set_title(spec)
+            ax.set_title(spec if isinstance(topo, graphs.Topology) else f"{spec} (round 0)")
         fig.tight_layout()
         fig.savefig(ns.draw, dpi=100)
         print(f"drawn to {ns.draw}")

@@ -39,7 +39,9 @@ class Config:
 
     algorithm: str = key("dsgd", "a registered algorithm: dsgd, dpsgd, allreduce, local, ...")
     topology: str = key("ring", "ring, torus, grid, dyck, petersen, complete, star, hypercube, exponential, "
-                                "erdos_renyi:P, random_regular:D, small_world:K,P (size from agents; or ring:16, ...)")
+                                "erdos_renyi:P, random_regular:D, small_world:K,P (size from agents; or ring:16, ...); "
+                                "time-varying: one_peer_exponential, random_matching, or BASE+fail:P, "
+                                "BASE+matcha:CB, BASE+rotate")
     weights: str = key("metropolis", "mixing weights: metropolis | uniform | max_degree | laplacian")
     agents: int = key(16, "number of agents N")
     rounds: int = key(300, "communication rounds (one local step each)")
@@ -82,7 +84,7 @@ class Config:
         from .data import DATASETS
 
         _choice("algorithm", self.algorithm, algorithms.names())
-        _choice("topology", self.topology.partition(":")[0], TOPOLOGIES)
+        _choice("topology", self.topology.partition("+")[0].partition(":")[0], TOPOLOGIES)
         _choice("weights", self.weights, WEIGHTS)
         _choice("dataset", self.dataset, DATASETS)
         _choice("model", self.model, models.names())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     factory = functools.partial(models.make, cfg.model, **{k: v for k, v in model_args.items() if k in accepted})
     model = StackedModel(factory, cfg.agents, backend=cfg.backend, chunk_size=cfg.chunk_size or None, bn=cfg.bn)
     algo = algorithms.make(cfg.algorithm, **_hyper(cfg))
-    out = cfg.out or f"runs/{cfg.algorithm}-{topo.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    safe = re.sub(r"[^A-Za-z0-9.]+", "_", topo.name).strip("_")  # matcha(ring8, budget=0.5) -> matcha_ring8_budget_0.5
+    out = cfg.out or f"runs/{cfg.algorithm}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
     kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
                   augment=cfg.augment, same_init=cfg.same_init, eval_every=cfg.eval_every,
                   eval_agents=cfg.eval_agents, progress=cfg.progress, out=out, config=cfg.to_dict())
