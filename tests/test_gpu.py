@@ -16,7 +16,7 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("make_topo", [lambda: graphs.ring(300), lambda: graphs.torus(16, 20),
-                                       lambda: graphs.exponential(256), lambda: graphs.random_regular(129, 3, seed=0),
+                                       lambda: graphs.exponential(256), lambda: graphs.random_regular(130, 3, seed=0),
                                        lambda: graphs.complete(200), lambda: graphs.ring(7)],
                          ids=["ring", "torus", "exponential", "random_regular", "complete", "ring7"])
 def test_every_gossip_path_on_cuda_equals_float64_product(make_topo, fresh_seed):

@@ -40,7 +40,7 @@ class Mixing:
         self._cast: dict[tuple[torch.dtype, torch.device, bool], torch.Tensor] = {}
         # Circulant graphs (ring: grid (N,); torus: grid (R, C)) can gossip by shifted slices, one pass over
         # x a shift: worth it only for few shifts (an exponential graph has 2 log2 N).
-        self.shifts = _shifts(self.W, grid) if grid is not None else None
+        self.shifts = _shifts(self.W.cpu(), grid) if grid is not None else None  # host work, done once
         if path == "circulant" and self.shifts is None:
             raise ConfigError("gossip path 'circulant' needs a circulant graph (ring, torus, exponential)")
         self.forced = path
