@@ -3,6 +3,9 @@ import os
 import pytest
 import torch
 
+if not torch.cuda.is_available():  # Triton kernels run on the CPU through the interpreter (set before any import)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture
 def fresh_seed(request) -> int:

@@ -22,7 +22,6 @@ class Mixing:
 
     SPARSE_MIN_N = 32  # below this the dense product is as fast and simpler
     SPARSE_MAX_DENSITY = 0.25
-    MAX_SHIFTS = 4
     # On a CPU the CSR product runs over column blocks of x of about this many bytes (N * c * itemsize),
     # written straight into the output: the block's neighbour rows are re-read from cache, not memory.
     # Measured on 2 cores (benchmarks/gossip.py): 1.5x to 4x faster than one CSR product over all of x
@@ -38,8 +37,8 @@ class Mixing:
         self.W = W.to(torch.float64)  # (N, N)
         self.grid = grid
         self._cast: dict[tuple[torch.dtype, torch.device, bool], torch.Tensor] = {}
-        # Circulant graphs (ring: grid (N,); torus: grid (R, C)) can gossip by shifted slices, one pass over
-        # x a shift: worth it only for few shifts (an exponential graph has 2 log2 N).
+        # Circulant graphs (ring: grid (N,); torus: grid (R, C)) can gossip by shifted slices, one pass over x a
+        # shift, with no temporaries.
         self.shifts = _shifts(self.W.cpu(), grid) if grid is not None else None  # host work, done once
         if path == "circulant" and self.shifts is None:
             raise ConfigError("gossip path 'circulant' needs a circulant graph (ring, torus, exponential)")
@@ -60,14 +59,15 @@ class Mixing:
         return n >= self.SPARSE_MIN_N and int((self.W != 0).sum()) <= self.SPARSE_MAX_DENSITY * n * n
 
     def path_on(self, device: torch.device | str) -> str:
-        """The product M(x) uses for x on `device`: the one dispatch point."""
+        """The product M(x) uses for x on `device`: the one dispatch point.
+
+        Sparse graphs take the sparse path on every device: on a CPU, CSR over column blocks; on CUDA the
+        Triton neighbour-table kernel (CSR without Triton). The circulant path is never picked: measured
+        slower on 2 CPU cores and on an H100 alike (benchmarks/gossip.py), since each shift is a pass over x.
+        """
         if self.forced is not None:
             return self.forced
-        if not self.sparse:
-            return "dense"
-        if torch.device(device).type == "cuda" and self.shifts is not None and len(self.shifts[2]) <= self.MAX_SHIFTS:
-            return "circulant"
-        return "sparse"
+        return "sparse" if self.sparse else "dense"
 
     @property
     def path(self) -> str:
@@ -104,8 +104,27 @@ class Mixing:
             self._cast[key] = W
         return W
 
+    def table(self, dtype: torch.dtype, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The neighbour table of the Triton kernels: idx (N, D) int32 and w (N, D), self included,
+        rows padded with weight 0 (D = the largest degree + 1)."""
+        key = ("table", dtype, torch.device(device))
+        if key not in self._cast:
+            A = self.W.cpu() != 0
+            A.fill_diagonal_(True)
+            D = int(A.sum(1).max())
+            order = torch.argsort(A.to(torch.int8), dim=1, descending=True, stable=True)[:, :D]  # (N, D)
+            pad = ~A.gather(1, order)
+            w = self.W.cpu().gather(1, order).masked_fill(pad, 0.0)
+            idx = torch.where(pad, torch.arange(self.n).unsqueeze(1), order)  # padding re-reads row i, weight 0
+            self._cast[key] = (idx.to(torch.int32).to(device), w.to(dtype=dtype, device=device))
+        return self._cast[key]
+
     def _csr(self, W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
+            from ..kernels import ops
+
+            if ops.backend(x) == "triton":  # reads each neighbour row once, from L2 (benchmarks/gossip.py)
+                return ops.gossip(*self.table(x.dtype, x.device), x)
             return W @ x
         n, p = x.shape
         out = torch.empty(n, p, dtype=x.dtype, device=x.device)

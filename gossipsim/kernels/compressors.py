@@ -1,0 +1,409 @@
+"""Compression operators: what each agent sends, and its exact size in bits.
+
+Every compressor acts on all agents' rows at once, r (N, P), and on each row's segments: the whole row
+(per="model") or each layer (per="layer", the official CHOCO and AdaGossip code), layer sizes from the
+model's parameters. `compress(r) -> message`, `decompress(message) -> (N, P)`, `roundtrip(r) -> (dense,
+bits (N,))`. The pure-torch code here is the spec; kernels/ops.py fuses it into the algorithms' steps.
+
+Messages: `Sparse` (values and indices, top-k and rand-k), `Quantized` (integer symbols and one scale per
+segment, QSGD and sign) and `Dense` (identity). Bits follow an encoding (kernels/bits.py): `raw` (32 bits a
+value, ceil(log2 d) an index, 32 a norm or scale), `entropy` and `elias-golomb` (quantized messages only).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import ClassVar, NamedTuple
+
+import torch
+
+from ..errors import ConfigError
+from . import bits as B
+
+
+class Dense(NamedTuple):
+    values: torch.Tensor  # (N, P)
+
+
+class Sparse(NamedTuple):
+    values: torch.Tensor  # (N, K) the kept entries, K = sum over segments of k_l
+    indices: torch.Tensor  # (N, K) int64 positions in the row, increasing
+    width: int  # P
+
+
+class Quantized(NamedTuple):
+    symbols: torch.Tensor  # (N, P) integers in [-s, s]: the entry is scales[segment] * symbol
+    scales: torch.Tensor  # (N, L) one float per segment
+    levels: int  # s
+
+
+def segment_ids(sizes: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """(P,) int64: which segment each column belongs to."""
+    return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
+
+
+def segment_sum(v: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """(N, P) -> (N, L): sums over each segment, in float64 when v is float64, else float32."""
+    if len(sizes) == 1:
+        return v.sum(1, keepdim=True)
+    out = torch.zeros(v.shape[0], len(sizes), dtype=v.dtype, device=v.device)
+    return out.index_add_(1, segment_ids(sizes, v.device), v)
+
+
+def expand(per_segment: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """(N, L) -> (N, P): each segment's value repeated over its columns."""
+    if len(sizes) == 1:
+        return per_segment.expand(-1, sizes[0])
+    return per_segment.repeat_interleave(torch.tensor(sizes, device=per_segment.device), dim=1)
+
+
+@dataclass(frozen=True)
+class Compressor:
+    """Base: `name`, `per` ("model" | "layer"), `layers` (sizes, set by `with_layers`), `encoding`."""
+
+    per: str = "model"
+    layers: tuple[int, ...] | None = None
+    encoding: str = "raw"
+
+    name: ClassVar[str] = "compressor"
+    encodings: ClassVar[tuple[str, ...]] = ("raw",)
+
+    def __post_init__(self) -> None:
+        if self.per not in ("model", "layer"):
+            raise ConfigError(f"per must be 'model' or 'layer', got {self.per!r}")
+        if self.encoding not in self.encodings:
+            raise ConfigError(f"{self.name} messages have no {self.encoding!r} encoding; accepted: "
+                              f"{', '.join(self.encodings)}")
+
+    def with_layers(self, sizes) -> Compressor:
+        """This compressor bound to the model's parameter sizes (used when per="layer")."""
+        sizes = tuple(int(s) for s in sizes)
+        if not sizes or min(sizes) < 1:
+            raise ConfigError(f"layer sizes must be positive, got {sizes}")
+        return replace(self, layers=sizes)
+
+    def segments(self, width: int) -> tuple[int, ...]:
+        """Segment sizes for rows of `width` P."""
+        if self.per == "model":
+            return (width,)
+        if self.layers is None:
+            raise ConfigError(f"{self.name}(per='layer') needs the layer sizes: compressor.with_layers(sizes)")
+        if sum(self.layers) != width:
+            raise ConfigError(f"layer sizes sum to {sum(self.layers)} but rows have {width} entries")
+        return self.layers
+
+    def compress(self, r: torch.Tensor, generator: torch.Generator | None = None):
+        raise NotImplementedError
+
+    def decompress(self, message) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bits(self, message) -> torch.Tensor:
+        """(N,) float64: the exact size of each agent's message to one neighbour."""
+        raise NotImplementedError
+
+    def roundtrip(self, r: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the neighbours reconstruct (N, P), bits (N,)); fused Triton kernels where they apply."""
+        from .ops import roundtrip
+
+        return roundtrip(self, r, generator)
+
+    def delta(self, d: int) -> float:
+        """The contraction constant: E||C(x) - x||^2 <= (1 - delta) ||x||^2 for a segment of length d
+        (0 where the compressor is not a contraction)."""
+        return 0.0
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, repr=False)
+class Identity(Compressor):
+    name: ClassVar[str] = "identity"
+
+    def compress(self, r, generator=None):
+        return Dense(r)
+
+    def decompress(self, message):
+        return message.values
+
+    def bits(self, message):
+        n, p = message.values.shape
+        return torch.full((n,), 32.0 * p, dtype=torch.float64, device=message.values.device)
+
+    def delta(self, d):
+        return 1.0
+
+
+def kept(d: int, fraction: float) -> int:
+    """Entries a segment of d keeps: max(1, floor(d f)), as the official code's int(d (1 - ratio))."""
+    return max(1, min(d, math.floor(d * fraction + 1e-9)))
+
+
+@dataclass(frozen=True, repr=False)
+class TopK(Compressor):
+    """Keeps the k = max(1, floor(f d)) entries of largest magnitude in each segment; ties go to the lowest
+    index, so the selection is exact and the same on every path (threshold selection, not a sort)."""
+
+    fraction: float = 0.01
+
+    @property
+    def name(self):
+        return f"top_k({self.fraction:g})"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"top_k fraction kept must be in (0, 1], got {self.fraction!r}")
+
+    def ks(self, width: int) -> list[int]:
+        return [kept(d, self.fraction) for d in self.segments(width)]
+
+    def mask(self, r: torch.Tensor) -> torch.Tensor:
+        """(N, P) bool: the kept entries of each segment."""
+        sizes = self.segments(r.shape[1])
+        out, start = torch.empty(r.shape, dtype=torch.bool, device=r.device), 0
+        for d, k in zip(sizes, self.ks(r.shape[1])):
+            out[:, start:start + d] = threshold_mask(r[:, start:start + d].abs(), k)
+            start += d
+        return out
+
+    def compress(self, r, generator=None):
+        mask = self.mask(r)
+        indices = mask.nonzero()[:, 1].view(r.shape[0], -1)  # (N, K) row-major: increasing in each row
+        return Sparse(r.gather(1, indices), indices, r.shape[1])
+
+    def decompress(self, message):
+        values, indices, width = message
+        return torch.zeros(values.shape[0], width, dtype=values.dtype, device=values.device).scatter_(
+            1, indices, values)
+
+    def bits(self, message):
+        return B.sparse_raw(self.segments(message.width), self.ks(message.width), message.values.shape[0],
+                            message.values.device)
+
+    def delta(self, d):
+        return kept(d, self.fraction) / d
+
+
+def threshold_mask(a: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, d) bool: the k largest entries of each row of a >= 0, ties to the lowest index.
+
+    The threshold is each row's k-th largest value (kthvalue, a selection); entries above it are kept,
+    and of those equal to it, the first k - (count above) in index order.
+    """
+    d = a.shape[1]
+    if k >= d:
+        return torch.ones_like(a, dtype=torch.bool)
+    tau = torch.kthvalue(a, d - k + 1, dim=1, keepdim=True).values  # (N, 1): k-th largest
+    above = a > tau
+    tie = a == tau
+    room = k - above.sum(1, keepdim=True)  # (N, 1) ties still to keep
+    return above | (tie & (tie.cumsum(1) <= room))
+
+
+@dataclass(frozen=True, repr=False)
+class RandK(Compressor):
+    """Keeps k = max(1, floor(f d)) entries per segment drawn uniformly without replacement by the sender
+    (the indices travel with the values); `scaled` multiplies by d/k, which makes it unbiased."""
+
+    fraction: float = 0.01
+    scaled: bool = False
+
+    @property
+    def name(self):
+        return f"rand_k({self.fraction:g}{', scaled' if self.scaled else ''})"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"rand_k fraction kept must be in (0, 1], got {self.fraction!r}")
+
+    def ks(self, width: int) -> list[int]:
+        return [kept(d, self.fraction) for d in self.segments(width)]
+
+    def compress(self, r, generator=None):
+        n, width = r.shape
+        parts, start = [], 0
+        for d, k in zip(self.segments(width), self.ks(width)):
+            keys = torch.rand(n, d, generator=generator, device=r.device)  # (N, d) a random order per row
+            idx = keys.topk(k, dim=1, sorted=False).indices.sort(1).values + start
+            parts.append(idx)
+            start += d
+        indices = torch.cat(parts, 1)  # (N, K)
+        values = r.gather(1, indices)
+        if self.scaled:
+            scale = torch.cat([torch.full((k,), d / k, dtype=r.dtype, device=r.device)
+                               for d, k in zip(self.segments(width), self.ks(width))])
+            values = values * scale
+        return Sparse(values, indices, width)
+
+    decompress = TopK.decompress
+
+    def bits(self, message):
+        return B.sparse_raw(self.segments(message.width), self.ks(message.width), message.values.shape[0],
+                            message.values.device)
+
+    def delta(self, d):
+        return 0.0 if self.scaled else kept(d, self.fraction) / d
+
+
+@dataclass(frozen=True, repr=False)
+class QSGD(Compressor):
+    """QSGD (Alistarh et al. 2017, arXiv 1610.02132) with s levels, per segment:
+    Q(x) = tau ||x||_2 sign(x) l / s with l = floor(s|x|/||x||) + Bernoulli(frac) (stochastic rounding).
+    Unscaled (tau = 1) it is unbiased; `scaled` uses tau = 1 / (1 + min(d/s^2, sqrt(d)/s)), which makes it a
+    contraction with delta = tau (ALGORITHMS.md section 2)."""
+
+    levels: int = 16
+    scaled: bool = False
+    encodings: ClassVar[tuple[str, ...]] = ("raw", "entropy", "elias-golomb")
+
+    @property
+    def name(self):
+        return f"qsgd({self.levels}{', scaled' if self.scaled else ''})"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.levels, int) or not 1 <= self.levels <= 2**15 - 1:
+            raise ConfigError(f"qsgd levels must be an integer in [1, 32767], got {self.levels!r}")
+
+    def tau(self, d: int) -> float:
+        s = self.levels
+        return 1 / (1 + min(d / s**2, math.sqrt(d) / s)) if self.scaled else 1.0
+
+    def compress(self, r, generator=None):
+        u = torch.rand(r.shape, generator=generator, device=r.device, dtype=r.dtype)  # (N, P)
+        return self.quantize(r, u)
+
+    def quantize(self, r: torch.Tensor, u: torch.Tensor) -> Quantized:
+        """QSGD with the uniform draws u (N, P) given: the reference the fused kernels are checked against."""
+        sizes = self.segments(r.shape[1])
+        norms = segment_sum(r * r, sizes).sqrt()  # (N, L)
+        s = self.levels
+        scaled = r.abs() * (s / expand(norms, sizes)).nan_to_num(posinf=0.0)  # s|x|/||x||, 0 where ||x|| = 0
+        level = torch.floor(scaled)
+        level = (level + (u < scaled - level).to(r.dtype)).clamp_(max=s)
+        symbols = (torch.sign(r) * level).to(torch.int16)
+        taus = torch.tensor([self.tau(d) for d in sizes], dtype=r.dtype, device=r.device)
+        return Quantized(symbols, norms * taus / s, s)
+
+    def decompress(self, message):
+        symbols, scales, _ = message
+        return symbols.to(scales.dtype) * expand(scales, self.segments(symbols.shape[1]))
+
+    def bits(self, message):
+        sizes = self.segments(message.symbols.shape[1])
+        if self.encoding == "raw":
+            return B.quantized_raw(sizes, message.levels, message.symbols.shape[0], message.symbols.device)
+        if self.encoding == "entropy":
+            return B.entropy(message.symbols, sizes, message.levels)
+        return B.elias_golomb(message.symbols, sizes, message.levels)
+
+    def delta(self, d):
+        return self.tau(d) if self.scaled else 0.0
+
+
+@dataclass(frozen=True, repr=False)
+class Sign(Compressor):
+    """Sign with the mean magnitude as scale, per segment: C(x) = (||x||_1 / d) sign(x), sign(0) = +1 so
+    that a message is exactly one bit an entry (Bernstein et al. 2018; Karimireddy et al. 2019, 1901.09847)."""
+
+    encodings: ClassVar[tuple[str, ...]] = ("raw", "entropy")
+    name: ClassVar[str] = "sign"
+
+    def compress(self, r, generator=None):
+        sizes = self.segments(r.shape[1])
+        scales = segment_sum(r.abs(), sizes) / torch.tensor(sizes, dtype=r.dtype, device=r.device)  # (N, L)
+        symbols = torch.where(r < 0, -1, 1).to(torch.int16)
+        return Quantized(symbols, scales, 1)
+
+    decompress = QSGD.decompress
+
+    def bits(self, message):
+        sizes = self.segments(message.symbols.shape[1])
+        if self.encoding == "raw":
+            return B.sign_raw(sizes, message.symbols.shape[0], message.symbols.device)
+        return B.entropy(message.symbols, sizes, 1)
+
+    def delta(self, d):
+        return 1 / d  # ||x||_1^2 / (d ||x||_2^2) >= 1/d, attained by a one-hot x
+
+
+@dataclass(frozen=True, repr=False)
+class Chain(Compressor):
+    """top_k then QSGD on the kept values: a Sparse message whose values are quantized.
+
+    Bits (raw): per segment k (ceil(log2 d) index + 1 sign + ceil(log2(s+1)) level bits) + 32 for the norm.
+    """
+
+    fraction: float = 0.01
+    levels: int = 16
+    scaled: bool = False
+
+    @property
+    def name(self):
+        return f"top_k({self.fraction:g})+qsgd({self.levels}{', scaled' if self.scaled else ''})"
+
+    def __post_init__(self):
+        super().__post_init__()
+        TopK(fraction=self.fraction)  # validates
+        QSGD(levels=self.levels)
+
+    def parts(self, width: int) -> tuple[TopK, QSGD]:
+        top = TopK(self.per, self.layers, fraction=self.fraction)
+        ks = tuple(top.ks(width))
+        return top, QSGD("layer", ks, levels=self.levels, scaled=self.scaled)
+
+    def compress(self, r, generator=None):
+        top, q = self.parts(r.shape[1])
+        sparse = top.compress(r)
+        return sparse._replace(values=q.decompress(q.compress(sparse.values, generator)))
+
+    decompress = TopK.decompress
+
+    def bits(self, message):
+        top, q = self.parts(message.width)
+        sizes, ks = self.segments(message.width), top.ks(message.width)
+        n, device = message.values.shape[0], message.values.device
+        return B.sparse_raw(sizes, ks, n, device, value_bits=1 + B.level_bits(self.levels)) + 32.0 * len(sizes)
+
+    def delta(self, d):
+        k = kept(d, self.fraction)
+        return (k / d) * QSGD(levels=self.levels, scaled=True).tau(k) if self.scaled else 0.0
+
+
+def identity(**kw) -> Identity:
+    """No compression: 32 bits a value."""
+    return Identity(**kw)
+
+
+def top_k(fraction: float = 0.01, per: str = "model", **kw) -> TopK:
+    """Keep the `fraction` of entries with the largest magnitude (top_k(0.01): 1%)."""
+    return TopK(per=per, fraction=fraction, **kw)
+
+
+def rand_k(fraction: float = 0.01, scaled: bool = False, per: str = "model", **kw) -> RandK:
+    """Keep a random `fraction` of entries; scaled=True multiplies by d/k (unbiased)."""
+    return RandK(per=per, fraction=fraction, scaled=scaled, **kw)
+
+
+def qsgd(levels: int = 16, scaled: bool = False, per: str = "model", encoding: str = "raw", **kw) -> QSGD:
+    """QSGD with `levels` s and stochastic rounding; scaled=True makes it a contraction."""
+    return QSGD(per=per, levels=levels, scaled=scaled, encoding=encoding, **kw)
+
+
+def sign(per: str = "model", **kw) -> Sign:
+    """sign(x) times the mean |x| of the segment."""
+    return Sign(per=per, **kw)
+
+
+def top_k_qsgd(fraction: float = 0.01, levels: int = 16, scaled: bool = False, per: str = "model", **kw) -> Chain:
+    """top_k, then QSGD on the kept values."""
+    return Chain(per=per, fraction=fraction, levels=levels, scaled=scaled, **kw)
+
+
+def dithered(levels: int = 16, per: str = "model", encoding: str = "elias-golomb", **kw) -> QSGD:
+    """MALCOM-PSGD's residual quantizer: unbiased QSGD-style dithered (stochastically rounded) uniform
+    quantization of the normalized residual, source-coded with run lengths (Golomb) and counts (Elias)."""
+    return QSGD(per=per, levels=levels, scaled=False, encoding=encoding, **kw)

@@ -1,0 +1,236 @@
+"""Triton kernels for CUDA (and for the CPU under TRITON_INTERPRET=1, which is how CI tests them).
+
+Launchers take float32 (N, P) tensors and the segment block table of `blocks(sizes)`: every kernel that
+works per segment runs one program per (row, block), blocks never straddling two segments, so a partial
+sum goes to its segment with one atomic add. Grids put rows on axis 0 so that programs running together
+share column blocks: neighbour rows re-read by gossip then come from L2, not memory.
+Each launcher's pure-torch twin is in ops.py; tests/test_kernels.py checks they agree at odd shapes.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+
+
+def blocks(sizes: tuple[int, ...], device, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(start, end, segment) int32 of each column block; a block lies inside one segment."""
+    start, ends, segs, s0 = [], [], [], 0
+    for i, d in enumerate(sizes):
+        for a in range(s0, s0 + d, block):
+            start.append(a)
+            ends.append(min(a + block, s0 + d))
+            segs.append(i)
+        s0 += d
+    t = torch.tensor([start, ends, segs], dtype=torch.int32, device=device)
+    return t[0], t[1], t[2]
+
+
+@triton.jit
+def _mix(y_ptr, idx_ptr, w_ptr, x_ptr, out_ptr, P, D, gamma, CONSENSUS: tl.constexpr, BLOCK: tl.constexpr):
+    # out_i = sum_k w_ik y_(idx_ik)                         (gossip, CONSENSUS = False)
+    # out_i = x_i + gamma (sum_k w_ik y_(idx_ik) - y_i)     (CHOCO's consensus step; out may be x)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < P
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in range(D):
+        j = tl.load(idx_ptr + row * D + k).to(tl.int64)
+        w = tl.load(w_ptr + row * D + k)
+        acc += w * tl.load(y_ptr + j * P + cols, mask=m, other=0.0)
+    if CONSENSUS:
+        y = tl.load(y_ptr + row * P + cols, mask=m, other=0.0)
+        x = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
+        acc = x + gamma * (acc - y)
+    tl.store(out_ptr + row * P + cols, acc, mask=m)
+
+
+def mix(y: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, x: torch.Tensor | None = None, gamma: float = 1.0,
+        out: torch.Tensor | None = None) -> torch.Tensor:
+    """W y from the neighbour table (idx, w) (N, D); with x: x + gamma (W y - y), into `out` (may be x)."""
+    n, p = y.shape
+    out = torch.empty_like(y) if out is None else out
+    grid = (n, triton.cdiv(p, BLOCK))
+    _mix[grid](y, idx, w, y if x is None else x, out, p, idx.shape[1], gamma, CONSENSUS=x is not None,
+               BLOCK=BLOCK)
+    return out
+
+
+@triton.jit
+def _segment_sums(x_ptr, h_ptr, out_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, POWER: tl.constexpr,
+                  HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
+    # out[row, seg] += sum over the block of |r|^POWER, r = x - h (or x)
+    pid = tl.program_id(0)
+    row = (pid % (tl.num_programs(0) // NB)).to(tl.int64)
+    b = pid // (tl.num_programs(0) // NB)
+    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
+    cols = a + tl.arange(0, BLOCK)
+    m = cols < e
+    r = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
+    if HAS_HAT:
+        r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
+    v = r * r if POWER == 2 else tl.abs(r)
+    tl.atomic_add(out_ptr + row * L + seg, tl.sum(v, axis=0))
+
+
+def segment_sums(x: torch.Tensor, h: torch.Tensor | None, table, n_segments: int, power: int) -> torch.Tensor:
+    """(N, L) float32: per segment, sum of (x - h)^2 (power 2) or |x - h| (power 1)."""
+    n, p = x.shape
+    start, end, seg = table
+    out = torch.zeros(n, n_segments, dtype=torch.float32, device=x.device)
+    nb = start.numel()
+    _segment_sums[(n * nb,)](x, x if h is None else h, out, start, end, seg, p, n_segments, nb, POWER=power,
+                             HAS_HAT=h is not None, BLOCK=BLOCK)
+    return out
+
+
+@triton.jit
+def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, seed, levels,
+              MODE: tl.constexpr, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
+    # q = C(r) with r = x - h (or x), then out = h + q (CHOCO: out is h, updated in place) or out = q.
+    # MODE 0 identity; 1 QSGD: scale = ||r|| tau / s, aux = s / ||r||, Philox uniforms keyed by (seed + row);
+    # 2 sign: scale = ||r||_1 / d; 3 top-k: aux holds the threshold's bits and the ties to keep (see topk).
+    pid = tl.program_id(0)
+    n = tl.num_programs(0) // NB
+    row = (pid % n).to(tl.int64)
+    b = pid // n
+    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
+    cols = a + tl.arange(0, BLOCK)
+    m = cols < e
+    x = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
+    h = tl.load(h_ptr + row * P + cols, mask=m, other=0.0) if HAS_HAT else tl.zeros([BLOCK], dtype=tl.float32)
+    r = x - h
+    if MODE == 0:
+        q = r
+    elif MODE == 1:
+        inv = tl.load(aux_ptr + row * L + seg)  # s / ||r||, 0 for a zero segment
+        scale = tl.load(scale_ptr + row * L + seg)
+        scaled = tl.abs(r) * inv
+        level = tl.floor(scaled)
+        u = tl.rand(seed + row, cols)
+        level = tl.minimum(level + tl.where(u < scaled - level, 1.0, 0.0), levels * 1.0)
+        sgn = tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0))
+        q = (sgn * level) * scale
+    elif MODE == 2:
+        scale = tl.load(scale_ptr + row * L + seg)
+        q = tl.where(r < 0, -1.0, 1.0) * scale
+    else:
+        tau = tl.load(aux_ptr + (row * L + seg) * 2)
+        room = tl.load(aux_ptr + (row * L + seg) * 2 + 1)
+        bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        tie = (bits == tau) & m
+        before = tl.load(scale_ptr + row * NB + b)  # ties in the segment's earlier blocks
+        rank = before + tl.cumsum(tie.to(tl.int32), axis=0) - 1
+        keep = (bits > tau) | (tie & (rank < room))
+        q = tl.where(keep, r, 0.0)
+    tl.store(out_ptr + row * P + cols, h + q if HAS_HAT else q, mask=m)
+
+
+def residual(x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, mode: int, table, n_segments: int,
+             scale: torch.Tensor, aux: torch.Tensor, seed: int = 0, levels: int = 1) -> torch.Tensor:
+    """out = h + C(x - h) (or C(x)); scale and aux as `_residual` reads them for `mode`."""
+    n, p = x.shape
+    start, end, seg = table
+    nb = start.numel()
+    _residual[(n * nb,)](x, x if h is None else h, out, scale, aux, start, end, seg, p, n_segments, nb, seed,
+                         levels, MODE=mode, HAS_HAT=h is not None, BLOCK=BLOCK)
+    return out
+
+
+@triton.jit
+def _uniform(out_ptr, P, seed, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + row * P + cols, tl.rand(seed + row, cols), mask=cols < P)
+
+
+def uniform(n: int, p: int, seed: int, device) -> torch.Tensor:
+    """(N, P) the uniforms the QSGD kernel draws for `seed`: only for checking it against the reference."""
+    out = torch.empty(n, p, dtype=torch.float32, device=device)
+    _uniform[(n, triton.cdiv(p, BLOCK))](out, p, seed, BLOCK=BLOCK)
+    return out
+
+
+@triton.jit
+def _radix_histogram(x_ptr, h_ptr, hist_ptr, prefix_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, shift, high_mask,
+                     HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
+    # hist[row, seg, digit] += count of entries whose |r| bits match the prefix found so far on the bits above
+    # `shift`, by their 8-bit digit at `shift`.
+    pid = tl.program_id(0)
+    n = tl.num_programs(0) // NB
+    row = (pid % n).to(tl.int64)
+    b = pid // n
+    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
+    cols = a + tl.arange(0, BLOCK)
+    m = cols < e
+    r = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
+    if HAS_HAT:
+        r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
+    bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    prefix = tl.load(prefix_ptr + row * L + seg)
+    match = m & ((bits & high_mask) == prefix)
+    digit = tl.where(match, (bits >> shift) & 0xFF, 256)  # non-matching entries go to a bin never read
+    counts = tl.histogram(digit, 512)
+    bins = tl.arange(0, 512)
+    tl.atomic_add(hist_ptr + (row * L + seg) * 256 + bins, counts, mask=bins < 256)
+
+
+@triton.jit
+def _tie_counts(x_ptr, h_ptr, out_ptr, aux_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, HAS_HAT: tl.constexpr,
+                BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n = tl.num_programs(0) // NB
+    row = (pid % n).to(tl.int64)
+    b = pid // n
+    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
+    cols = a + tl.arange(0, BLOCK)
+    m = cols < e
+    r = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
+    if HAS_HAT:
+        r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
+    bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    tau = tl.load(aux_ptr + (row * L + seg) * 2)
+    tl.store(out_ptr + row * NB + b, tl.sum(((bits == tau) & m).to(tl.int32), axis=0))
+
+
+def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radix select of each segment's k-th largest |r|, r = x - h, on the float bits, 8 bits a pass.
+
+    Returns aux (N, L, 2) int32: the threshold's bits and how many entries equal to it to keep, and
+    (N, NB) int32: ties before each block (exclusive prefix over the segment's blocks), for `residual` mode 3.
+    All on the device: no host synchronization.
+    """
+    n, p = x.shape
+    start, end, seg = table
+    nb, L = start.numel(), ks.numel()
+    prefix = torch.zeros(n, L, dtype=torch.int32, device=x.device)
+    remaining = ks.to(torch.int32).expand(n, L).contiguous()  # (N, L) how many still to find at or below
+    high = 0
+    for shift in (24, 16, 8, 0):
+        hist = torch.zeros(n, L, 256, dtype=torch.int32, device=x.device)
+        _radix_histogram[(n * nb,)](x, x if h is None else h, hist, prefix, start, end, seg, p, L, nb, shift, high,
+                                    HAS_HAT=h is not None, BLOCK=BLOCK)
+        above = hist.flip(2).cumsum(2).flip(2)  # (N, L, 256) entries with digit >= d
+        digit = ((above >= remaining.unsqueeze(2)).sum(2) - 1).to(torch.int32)  # largest d with enough above
+        strictly = torch.where(digit < 255, above.gather(2, (digit + 1).clamp(max=255).long().unsqueeze(2))
+                               .squeeze(2), 0)
+        remaining = remaining - strictly.to(torch.int32)
+        prefix = prefix | (digit << shift)
+        high = high | (0xFF << shift)
+        if high >= 2**31:
+            high -= 2**32  # keep the mask an int32
+    aux = torch.stack([prefix, remaining], 2).contiguous()  # (N, L, 2)
+    ties = torch.empty(n, nb, dtype=torch.int32, device=x.device)
+    _tie_counts[(n * nb,)](x, x if h is None else h, ties, aux, start, end, seg, p, L, nb, HAS_HAT=h is not None,
+                           BLOCK=BLOCK)
+    # exclusive prefix of ties over the blocks of the same segment (blocks of a segment are consecutive)
+    inclusive = ties.cumsum(1)
+    seg_first = torch.zeros(nb, dtype=torch.long, device=x.device)
+    first_block = torch.ones(nb, dtype=torch.bool, device=x.device)
+    first_block[1:] = seg[1:] != seg[:-1]
+    seg_first = torch.cummax(torch.where(first_block, torch.arange(nb, device=x.device), 0), 0).values
+    base = torch.where(seg_first > 0, inclusive.gather(1, (seg_first - 1).clamp(min=0).expand(n, nb)), 0)
+    before = (inclusive - ties - base).to(torch.int32).contiguous()
+    return aux, before

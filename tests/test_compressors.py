@@ -1,0 +1,162 @@
+"""Compressors: contraction, unbiasedness, exact top-k, and bit counts against closed forms and against a real
+encoder that writes the bitstream (tests/reference/bitstream.py)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gossipsim import ConfigError, kernels
+from gossipsim.kernels import bits as B
+from gossipsim.kernels.compressors import kept
+from tests.reference import bitstream as bs
+
+LAYERS = (5, 1, 300, 44)  # P = 350
+
+
+def layered(comp):
+    return comp.with_layers(LAYERS)
+
+
+@pytest.mark.parametrize("make,delta", [
+    (lambda: kernels.top_k(0.1), lambda d: kept(d, 0.1) / d),
+    (lambda: kernels.rand_k(0.1), lambda d: kept(d, 0.1) / d),
+    (lambda: kernels.qsgd(4, scaled=True), lambda d: 1 / (1 + min(d / 16, d**0.5 / 4))),
+    (lambda: kernels.sign(), lambda d: 1 / d),
+    (lambda: kernels.top_k_qsgd(0.1, 8, scaled=True), None),
+])
+def test_contraction(make, delta, fresh_seed):
+    comp = make()
+    d = 350
+    if delta is not None:
+        assert comp.delta(d) == pytest.approx(delta(d))
+    x = torch.randn(64, d, dtype=torch.float64)
+    errs = torch.stack([(comp.roundtrip(x)[0] - x).pow(2).sum(1) for _ in range(20)]).mean(0)  # E||C(x) - x||^2
+    bound = (1 - comp.delta(d)) * x.pow(2).sum(1)
+    # deterministic compressors meet it row by row; random ones in expectation (20 draws, 5% slack)
+    assert (errs <= bound * 1.05 + 1e-12).all(), f"seed {fresh_seed}"
+
+
+def _qsgd_sigma(x, sizes, s):
+    # each entry rounds between two levels ||x_seg|| / s apart: std <= ||x_seg|| / (2 s)
+    norms = torch.cat([x[:, a:a + d].norm(dim=1, keepdim=True).expand(-1, d)
+                       for a, d in zip([0, *torch.tensor(sizes).cumsum(0).tolist()[:-1]], sizes)], 1)
+    return norms / (2 * s)
+
+
+@pytest.mark.parametrize("make,sigma", [
+    (lambda: kernels.rand_k(0.2, scaled=True), lambda x: x.abs() * (350 / 70 - 1) ** 0.5),
+    (lambda: kernels.qsgd(2), lambda x: _qsgd_sigma(x, (350,), 2)),
+    (lambda: layered(kernels.qsgd(3, per="layer")), lambda x: _qsgd_sigma(x, LAYERS, 3)),
+])
+def test_unbiased(make, sigma, fresh_seed):
+    comp = make()
+    x = torch.randn(4, 350, dtype=torch.float64)
+    trials = 3000
+    mean = sum(comp.roundtrip(x)[0] for _ in range(trials)) / trials
+    assert ((mean - x).abs() <= 5 * sigma(x) / trials**0.5 + 1e-12).all(), f"seed {fresh_seed}"
+
+
+def test_top_k_is_exact_with_ties_to_the_lowest_index(fresh_seed):
+    x = torch.randn(8, 1000, dtype=torch.float64)
+    q, _ = kernels.top_k(0.05).roundtrip(x)
+    assert ((q != 0).sum(1) == 50).all()
+    torch.testing.assert_close(q.abs().sum(1), x.abs().topk(50, dim=1).values.sum(1))
+    ties = torch.tensor([[1.0, -2.0, 2.0, 0.5, -2.0, 2.0]])
+    q, _ = kernels.top_k(0.5).roundtrip(ties)  # k = 3 of four 2s: the first three
+    assert q.tolist() == [[0.0, -2.0, 2.0, 0.0, -2.0, 0.0]]
+
+
+def test_per_layer_segments(fresh_seed):
+    x = torch.randn(3, 350)
+    comp = layered(kernels.top_k(0.1, per="layer"))
+    q, bits = comp.roundtrip(x)
+    start = 0
+    for d in LAYERS:
+        assert ((q[:, start:start + d] != 0).sum(1) == kept(d, 0.1)).all()
+        start += d
+    assert bits.tolist() == [sum(kept(d, 0.1) * (32 + math.ceil(math.log2(d)) if d > 1 else 32) for d in LAYERS)] * 3
+    with pytest.raises(ConfigError, match="with_layers"):
+        kernels.top_k(0.1, per="layer").roundtrip(x)
+    with pytest.raises(ConfigError, match="sum to 350 but rows have 349"):
+        comp.roundtrip(x[:, 1:])
+
+
+def test_bits_closed_forms():
+    n, d = 3, 1000
+    x = torch.randn(n, d)
+    assert kernels.identity().roundtrip(x)[1].tolist() == [32.0 * d] * n
+    assert kernels.top_k(0.01).roundtrip(x)[1].tolist() == [10 * (32 + 10)] * n
+    assert kernels.rand_k(0.01, scaled=True).roundtrip(x)[1].tolist() == [10 * (32 + 10)] * n
+    assert kernels.qsgd(16).roundtrip(x)[1].tolist() == [32 + d * (1 + 5)] * n
+    assert kernels.qsgd(15).roundtrip(x)[1].tolist() == [32 + d * (1 + 4)] * n
+    assert kernels.sign().roundtrip(x)[1].tolist() == [32 + d] * n
+    assert kernels.top_k_qsgd(0.01, 16).roundtrip(x)[1].tolist() == [10 * (1 + 5 + 10) + 32] * n
+    # entropy of signs of a row with 3 negatives in 4: 4 H(1/4) + 32
+    e = kernels.sign(encoding="entropy").roundtrip(torch.tensor([[-1.0, -2.0, 3.0, -4.0]]))[1]
+    h = -(0.25 * math.log2(0.25) + 0.75 * math.log2(0.75))
+    assert e.item() == pytest.approx(32 + 4 * h)
+    with pytest.raises(ConfigError, match="top_k.* no 'entropy' encoding"):
+        kernels.top_k(0.1, encoding="entropy")
+
+
+def python_message(comp, msg, row):
+    """The bitstream a real encoder writes for one agent's message."""
+    if isinstance(msg, kernels.Sparse):
+        sizes, ks = comp.segments(msg.width), comp.ks(msg.width)
+        out, at, start = "", 0, 0
+        for d, k in zip(sizes, ks):
+            idx = (msg.indices[row, at:at + k] - start).tolist()
+            out += bs.encode_sparse(msg.values[row, at:at + k].tolist(), idx, d)
+            at, start = at + k, start + d
+        return out
+    sizes = comp.segments(msg.symbols.shape[1])
+    out, start = "", 0
+    for li, d in enumerate(sizes):
+        sym, scale = msg.symbols[row, start:start + d].tolist(), float(msg.scales[row, li])
+        if isinstance(comp, kernels.Sign):
+            out += bs.encode_sign_raw(sym, scale)
+        elif comp.encoding == "raw":
+            out += bs.encode_qsgd_raw(sym, scale, msg.levels)
+        else:
+            out += bs.encode_elias_golomb(sym, scale, msg.levels)
+        start += d
+    return out
+
+
+@pytest.mark.parametrize("make", [
+    lambda: kernels.top_k(0.03), lambda: layered(kernels.top_k(0.1, per="layer")), lambda: kernels.rand_k(0.05),
+    lambda: kernels.qsgd(16), lambda: layered(kernels.qsgd(7, per="layer")), lambda: kernels.sign(),
+    lambda: kernels.dithered(1), lambda: kernels.dithered(4), lambda: kernels.dithered(255),
+    lambda: layered(kernels.dithered(3, per="layer")),
+])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_bits_equal_a_real_encoder(make, sparse, fresh_seed):
+    comp = make()
+    x = torch.randn(4, 350)
+    if sparse:  # a residual of few large entries: most symbols 0, long runs
+        x = x * (torch.rand(4, 350) < 0.03)
+        x[1] = 0  # an all-zero message
+    msg = comp.compress(x)
+    bits = comp.bits(msg)
+    for row in range(4):
+        stream = python_message(comp, msg, row)
+        assert len(stream) == int(bits[row]), f"seed {fresh_seed}, row {row}"
+    if isinstance(msg, kernels.Quantized) and comp.encoding == "elias-golomb" and comp.per == "model":
+        symbols, norm = bs.decode_elias_golomb(python_message(comp, msg, 0), 350, msg.levels)
+        assert symbols == msg.symbols[0].tolist()  # and the stream decodes back
+
+
+def test_golomb_parameter_matches_reference():
+    for c, d in [(1, 1), (1, 2), (3, 350), (17, 1000), (999, 1000), (5, 20000)]:
+        assert int(B.golomb_parameter(torch.tensor(c), torch.tensor(d))) == bs.golomb_parameter(c, d)
+
+
+def test_bad_compressor_arguments():
+    for bad, needle in [(lambda: kernels.top_k(0), r"\(0, 1\]"), (lambda: kernels.rand_k(1.5), r"\(0, 1\]"),
+                        (lambda: kernels.qsgd(0), "levels"), (lambda: kernels.top_k(0.1, per="row"), "per must"),
+                        (lambda: kernels.top_k(0.1).with_layers([3, 0]), "positive")]:
+        with pytest.raises(ConfigError, match=needle) as e:
+            bad()
+        assert "\n" not in str(e.value)

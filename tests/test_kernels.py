@@ -1,0 +1,127 @@
+"""Fused kernels against their pure-torch references, at odd shapes. Without a GPU the Triton kernels run on
+the CPU under TRITON_INTERPRET=1 (conftest); with one, on CUDA tensors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gossipsim import ConfigError, graphs, kernels
+from gossipsim.kernels import ops
+from gossipsim.kernels.compressors import expand, segment_sum
+
+triton = pytest.importorskip("triton")
+T = pytest.importorskip("gossipsim.kernels.triton_ops")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (N, P, layer sizes): one agent; P not a multiple of the 1024 block; layers of 1 and of 1030 entries
+SHAPES = [(1, 1, None), (3, 1000, None), (2, 2500, (7, 1030, 1, 462, 1000)), (5, 300, (100, 200))]
+
+
+@pytest.fixture
+def use_triton(monkeypatch):
+    monkeypatch.setenv("GOSSIPSIM_KERNELS", "triton")
+
+
+def comp_for(make, layers):
+    comp = make("layer" if layers else "model")
+    return comp.with_layers(layers) if layers else comp
+
+
+def data(n, p, seed, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    if ties:  # few distinct magnitudes: threshold ties everywhere
+        x = torch.randint(-3, 4, (n, p), generator=g).float()
+    else:
+        x = torch.randn(n, p, generator=g)
+    return x.to(DEVICE), torch.randn(n, p, generator=g).to(DEVICE)
+
+
+@pytest.mark.parametrize("n,p,layers", SHAPES)
+@pytest.mark.parametrize("graph", ["ring", "random_regular", "star"])
+def test_gossip_and_consensus_step(n, p, layers, graph, fresh_seed, use_triton):
+    m = 10
+    topo = {"ring": graphs.ring(m), "random_regular": graphs.random_regular(m, 3, seed=fresh_seed % 100),
+            "star": graphs.star(m)}[graph]
+    M = topo.mixing(0)
+    y = torch.randn(m, p, device=DEVICE)
+    idx, w = M.table(torch.float32, DEVICE)
+    ref = (M.dense() @ y.double().cpu()).float()
+    torch.testing.assert_close(ops.gossip(idx, w, y).cpu(), ref, rtol=1e-5, atol=1e-6)
+    x = torch.randn(m, p, device=DEVICE)
+    expect = x.cpu() + 0.3 * (ref - y.cpu())
+    kernels.consensus_step(x, y, M, 0.3)
+    torch.testing.assert_close(x.cpu(), expect, rtol=1e-5, atol=1e-6, msg=lambda s: f"seed {fresh_seed}: {s}")
+
+
+@pytest.mark.parametrize("n,p,layers", SHAPES)
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("fraction", [1e-4, 0.01, 0.3, 1.0])
+def test_top_k_threshold_select_equals_reference(n, p, layers, ties, fraction, fresh_seed, use_triton):
+    comp = comp_for(lambda per: kernels.top_k(fraction, per=per), layers)
+    x, h = data(n, p, fresh_seed, ties)
+    expect = h.cpu() + comp.decompress(comp.compress(x.cpu() - h.cpu()))
+    bits = kernels.choco_residual(x, h, comp)
+    assert torch.equal(h.cpu(), expect), f"seed {fresh_seed}"
+    assert torch.equal(bits.cpu(), comp.bits(comp.compress(x.cpu())))
+    q, _ = comp.roundtrip(x)
+    assert torch.equal(q.cpu(), comp.decompress(comp.compress(x.cpu())))
+    ks = torch.tensor(comp.ks(p))
+    assert ((q != 0).sum(1).cpu() <= ks.sum()).all()
+
+
+@pytest.mark.parametrize("n,p,layers", SHAPES)
+@pytest.mark.parametrize("levels,scaled", [(1, False), (16, True), (255, False)])
+def test_qsgd_kernel_equals_reference_given_the_same_uniforms(n, p, layers, levels, scaled, fresh_seed, use_triton):
+    comp = comp_for(lambda per: kernels.qsgd(levels, scaled=scaled, per=per), layers)
+    x, h = data(n, p, fresh_seed)
+    sizes = comp.segments(p)
+    table = T.blocks(sizes, DEVICE)
+    r = (x - h).cpu()
+    norms = segment_sum(r * r, sizes).sqrt()
+    torch.testing.assert_close(T.segment_sums(x, h, table, len(sizes), 2).sqrt().cpu(), norms, rtol=1e-5, atol=0)
+    # the quantize pass, given the reference norms and the kernel's own uniforms, is exact
+    seed = fresh_seed % (2**31 - 1)
+    u = T.uniform(n, p, seed, DEVICE)
+    taus = torch.tensor([comp.tau(d) for d in sizes])
+    out = torch.empty_like(x)
+    T.residual(x, h, out, 1, table, len(sizes), (norms * taus / levels).to(DEVICE),
+               (levels / norms).nan_to_num(posinf=0.0).to(DEVICE), seed=seed, levels=levels)
+    expect = h.cpu() + comp.decompress(comp.quantize(r, u.cpu()))
+    assert torch.equal(out.cpu(), expect), f"seed {fresh_seed}"
+    # and the whole fused step agrees in law: unbiased around x when unscaled
+    bits = kernels.choco_residual(x, h, comp)
+    assert torch.equal(bits.cpu(), comp.bits(comp.compress(r)))
+
+
+def test_qsgd_kernel_is_unbiased_and_never_stores_noise(fresh_seed, use_triton):
+    comp, trials = kernels.qsgd(4), 400
+    x = torch.randn(2, 700, device=DEVICE)
+    mean = sum(comp.roundtrip(x)[0] for _ in range(trials)) / trials
+    # each entry rounds to one of two levels norm/s apart: std <= norm / (2 s); 5 sigma of the mean
+    sigma = (x.norm(dim=1, keepdim=True) / (2 * 4) / trials**0.5).cpu()
+    assert ((mean.cpu() - x.cpu()).abs() <= 5 * sigma).all(), f"seed {fresh_seed}"
+
+
+@pytest.mark.parametrize("n,p,layers", SHAPES)
+def test_sign_and_identity_kernels(n, p, layers, fresh_seed, use_triton):
+    x, h = data(n, p, fresh_seed)
+    for make in (lambda per: kernels.sign(per=per), lambda per: kernels.identity(per=per)):
+        comp = comp_for(make, layers)
+        hh = h.clone()
+        expect = h.cpu() + comp.decompress(comp.compress(x.cpu() - h.cpu()))
+        kernels.choco_residual(x, hh, comp)
+        torch.testing.assert_close(hh.cpu(), expect, rtol=1e-5, atol=1e-5, msg=lambda s: f"seed {fresh_seed}: {s}")
+
+
+def test_dispatch(monkeypatch):
+    x = torch.zeros(2, 3)
+    monkeypatch.setenv("GOSSIPSIM_KERNELS", "torch")
+    assert kernels.backend(x) == "torch"
+    monkeypatch.setenv("GOSSIPSIM_KERNELS", "triton")
+    assert kernels.backend(x) == "triton" and kernels.backend(x.double()) == "torch"  # kernels are float32
+    monkeypatch.setenv("GOSSIPSIM_KERNELS", "cuda")
+    with pytest.raises(ConfigError, match="'cuda' is not one of torch, triton"):
+        kernels.backend(x)
+    monkeypatch.delenv("GOSSIPSIM_KERNELS")
+    assert kernels.backend(x) == ("triton" if x.is_cuda else "torch")
+    assert expand(torch.ones(2, 1), (3,)).shape == (2, 3)
