@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gossipsim import graphs  # noqa: E402
 from gossipsim.graphs.mixing import Mixing  # noqa: E402
+from gossipsim.kernels import ops  # noqa: E402
 from gossipsim.sim.model import keep_freed_memory  # noqa: E402
 
 DENSE_MAX_FLOPS = 4e10  # a dense product above this is skipped on a CPU (minutes each)
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--agents", default=None)
     ap.add_argument("--params", default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--min-time", type=float, default=None, help="seconds of repeats per measurement")
     ap.add_argument("--json", default=str(Path(__file__).with_name("gossip.json")))
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -66,7 +69,7 @@ def main() -> None:
         keep_freed_memory()  # as the engine does: else every fresh output is page-faulted in
     agents = [int(a) for a in (args.agents or ("64,256" if args.quick else "64,256,1024")).split(",")]
     params = [int(p) for p in (args.params or ("60000" if args.quick else "60000,270000")).split(",")]
-    min_time = 0.3 if args.quick else 1.0
+    min_time = args.min_time or (0.3 if args.quick else 1.0)
     print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
     print("| graph | N | P | copy GB/s | path | ms | GB/s | of copy | ns per N(deg+1)P |")
@@ -84,14 +87,20 @@ def main() -> None:
                 for path, M in paths(topo).items():
                     if path == "dense" and device.type == "cpu" and 2 * n * n * p > DENSE_MAX_FLOPS:
                         continue
-                    s = timed(lambda M=M, x=x: M(x), device, min_time)
-                    gbs = nbytes / s / 1e9
-                    per = 1e9 * s / (nnz * p)
-                    auto = path == M0.path_on(device)
-                    rows.append(dict(graph=topo.name, N=n, P=p, copy_gbs=copy, path=path, auto=auto, seconds=s,
-                                     gbs=gbs, of_copy=gbs / copy, ns_per_nnz_p=per))
-                    print(f"| {topo.name} | {n} | {p} | {copy:.1f} | {path}{' (auto)' if auto else ''} | "
-                          f"{1e3 * s:.1f} | {gbs:.1f} | {100 * gbs / copy:.0f}% | {per:.3f} |", flush=True)
+                    # on CUDA the sparse path is the Triton neighbour-table kernel; show cuSPARSE CSR beside it
+                    variants = [("triton", "sparse (triton)"), ("torch", "sparse (csr)")] if (
+                        path == "sparse" and device.type == "cuda" and ops.triton_available()) else [("", path)]
+                    for kernels_env, label in variants:
+                        os.environ["GOSSIPSIM_KERNELS"] = kernels_env
+                        s = timed(lambda M=M, x=x: M(x), device, min_time)
+                        os.environ.pop("GOSSIPSIM_KERNELS")
+                        gbs = nbytes / s / 1e9
+                        per = 1e9 * s / (nnz * p)
+                        auto = path == M0.path_on(device) and kernels_env != "torch"
+                        rows.append(dict(graph=topo.name, N=n, P=p, copy_gbs=copy, path=label, auto=auto, seconds=s,
+                                         gbs=gbs, of_copy=gbs / copy, ns_per_nnz_p=per))
+                        print(f"| {topo.name} | {n} | {p} | {copy:.1f} | {label}{' (auto)' if auto else ''} | "
+                              f"{1e3 * s:.2f} | {gbs:.1f} | {100 * gbs / copy:.0f}% | {per:.3f} |", flush=True)
     Path(args.json).write_text(json.dumps({"device": str(device), "torch": torch.__version__, "rows": rows},
                                           indent=1))
     print(f"\nwrote {args.json}")

@@ -59,3 +59,26 @@ def test_a_run_on_cuda_learns(topology, tmp_path):
     rows = engine.run(cfg.rounds)
     assert engine.state.x.is_cuda
     assert rows[-1]["test_acc"] > rows[0]["test_acc"] + 0.2 and rows[-1]["consensus"] < 1
+
+
+def test_triton_kernels_at_a_real_size(fresh_seed, monkeypatch):
+    from gossipsim import kernels
+
+    n, p = 64, 270_001
+    x = torch.randn(n, p, device="cuda")
+    h = torch.randn(n, p, device="cuda")
+    for comp in (kernels.top_k(0.01), kernels.top_k(0.01, per="layer").with_layers((1, 70_000, 200_000))):
+        monkeypatch.setenv("GOSSIPSIM_KERNELS", "torch")
+        ref = h.clone()
+        ref_bits = kernels.choco_residual(x, ref, comp)
+        monkeypatch.setenv("GOSSIPSIM_KERNELS", "triton")
+        out = h.clone()
+        bits = kernels.choco_residual(x, out, comp)
+        assert torch.equal(out, ref) and torch.equal(bits, ref_bits), f"seed {fresh_seed}"
+    # QSGD in law: same norms, so the same set of two levels around each entry
+    comp = kernels.qsgd(16)
+    monkeypatch.setenv("GOSSIPSIM_KERNELS", "triton")
+    q, _ = comp.roundtrip(x)
+    step = (x.norm(dim=1, keepdim=True) / 16)
+    assert ((q - x).abs() <= step * (1 + 1e-5)).all()
+    assert torch.allclose(torch.remainder(q / step + 1e-3, 1.0), torch.zeros_like(q), atol=2e-3)

@@ -159,18 +159,12 @@ class TopK(Compressor):
     def ks(self, width: int) -> list[int]:
         return [kept(d, self.fraction) for d in self.segments(width)]
 
-    def mask(self, r: torch.Tensor) -> torch.Tensor:
-        """(N, P) bool: the kept entries of each segment."""
-        sizes = self.segments(r.shape[1])
-        out, start = torch.empty(r.shape, dtype=torch.bool, device=r.device), 0
-        for d, k in zip(sizes, self.ks(r.shape[1])):
-            out[:, start:start + d] = threshold_mask(r[:, start:start + d].abs(), k)
-            start += d
-        return out
-
     def compress(self, r, generator=None):
-        mask = self.mask(r)
-        indices = mask.nonzero()[:, 1].view(r.shape[0], -1)  # (N, K) row-major: increasing in each row
+        sizes, parts, start = self.segments(r.shape[1]), [], 0
+        for d, k in zip(sizes, self.ks(r.shape[1])):
+            parts.append(top_indices(r[:, start:start + d].abs(), k) + start)
+            start += d
+        indices = torch.cat(parts, 1) if len(parts) > 1 else parts[0]  # (N, K) increasing in each row
         return Sparse(r.gather(1, indices), indices, r.shape[1])
 
     def decompress(self, message):
@@ -186,20 +180,27 @@ class TopK(Compressor):
         return kept(d, self.fraction) / d
 
 
-def threshold_mask(a: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, d) bool: the k largest entries of each row of a >= 0, ties to the lowest index.
+def top_indices(a: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, k) int64, increasing: positions of the k largest entries of each row of a >= 0, ties at the
+    threshold going to the lowest index (the rule the Triton radix select follows).
 
-    The threshold is each row's k-th largest value (kthvalue, a selection); entries above it are kept,
-    and of those equal to it, the first k - (count above) in index order.
+    torch.topk finds the threshold tau (the k-th largest value) and everything above it; which of the
+    entries equal to tau it returns is unspecified, so those are chosen again, in index order.
     """
-    d = a.shape[1]
+    n, d = a.shape
     if k >= d:
-        return torch.ones_like(a, dtype=torch.bool)
-    tau = torch.kthvalue(a, d - k + 1, dim=1, keepdim=True).values  # (N, 1): k-th largest
-    above = a > tau
-    tie = a == tau
-    room = k - above.sum(1, keepdim=True)  # (N, 1) ties still to keep
-    return above | (tie & (tie.cumsum(1) <= room))
+        return torch.arange(d, device=a.device).expand(n, d)
+    values, idx = a.topk(k, dim=1, sorted=False)  # (N, k)
+    tau = values.min(1, keepdim=True).values  # (N, 1)
+    above = values > tau
+    room = k - above.sum(1)  # (N,) entries equal to tau to keep
+    tie_row, tie_col = (a == tau).nonzero(as_tuple=True)  # row-major: each row's ties in index order
+    counts = torch.bincount(tie_row, minlength=n)
+    rank = torch.arange(tie_row.numel(), device=a.device) - (counts.cumsum(0) - counts)[tie_row]
+    keep = rank < room[tie_row]
+    rows = torch.cat([above.nonzero(as_tuple=True)[0], tie_row[keep]])
+    cols = torch.cat([idx[above], tie_col[keep]])
+    return cols[torch.sort(rows * d + cols).indices].view(n, k)
 
 
 @dataclass(frozen=True, repr=False)
@@ -276,15 +277,23 @@ class QSGD(Compressor):
         u = torch.rand(r.shape, generator=generator, device=r.device, dtype=r.dtype)  # (N, P)
         return self.quantize(r, u)
 
+    def norms(self, r: torch.Tensor) -> torch.Tensor:
+        """(N, L) the l2 norm of each segment."""
+        sizes = self.segments(r.shape[1])
+        if len(sizes) == 1:
+            return torch.linalg.vector_norm(r, dim=1, keepdim=True)  # no (N, P) temporary
+        return segment_sum(r * r, sizes).sqrt()
+
     def quantize(self, r: torch.Tensor, u: torch.Tensor) -> Quantized:
         """QSGD with the uniform draws u (N, P) given: the reference the fused kernels are checked against."""
         sizes = self.segments(r.shape[1])
-        norms = segment_sum(r * r, sizes).sqrt()  # (N, L)
         s = self.levels
-        scaled = r.abs() * (s / expand(norms, sizes)).nan_to_num(posinf=0.0)  # s|x|/||x||, 0 where ||x|| = 0
-        level = torch.floor(scaled)
-        level = (level + (u < scaled - level).to(r.dtype)).clamp_(max=s)
-        symbols = (torch.sign(r) * level).to(torch.int16)
+        norms = self.norms(r)
+        frac = r.abs().mul_(expand((s / norms).nan_to_num(posinf=0.0), sizes))  # s|x|/||x||, 0 where ||x|| = 0
+        level = torch.floor(frac)
+        frac.sub_(level)
+        level.add_(u < frac).clamp_(max=s)  # stochastic rounding up with probability frac
+        symbols = level.mul_(torch.sign(r)).to(torch.int16)
         taus = torch.tensor([self.tau(d) for d in sizes], dtype=r.dtype, device=r.device)
         return Quantized(symbols, norms * taus / s, s)
 
