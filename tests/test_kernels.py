@@ -20,6 +20,8 @@ SHAPES = [(1, 1, None), (3, 1000, None), (2, 2500, (7, 1030, 1, 462, 1000)), (5,
 @pytest.fixture
 def use_triton(monkeypatch):
     monkeypatch.setenv("GOSSIPSIM_KERNELS", "triton")
+    monkeypatch.setattr(T, "SEG_BLOCK", 256)  # small blocks: segments of many blocks, the last one short
+    monkeypatch.setattr(T, "BLOCK", 256)
 
 
 def comp_for(make, layers):
@@ -87,14 +89,17 @@ def test_qsgd_kernel_equals_reference_given_the_same_uniforms(n, p, layers, leve
     T.residual(x, h, out, 1, table, len(sizes), (norms * taus / levels).to(DEVICE),
                (levels / norms).nan_to_num(posinf=0.0).to(DEVICE), seed=seed, levels=levels)
     expect = h.cpu() + comp.decompress(comp.quantize(r, u.cpu()))
-    assert torch.equal(out.cpu(), expect), f"seed {fresh_seed}"
+    # exact under the interpreter; a GPU may fuse h + symbol * scale into one FMA (an ulp apart), while a wrong
+    # rounding decision would be a whole level (scale) off
+    tol = 1e-6 if DEVICE == "cuda" else 0.0
+    torch.testing.assert_close(out.cpu(), expect, rtol=tol, atol=tol, msg=lambda m: f"seed {fresh_seed}: {m}")
     # and the whole fused step agrees in law: unbiased around x when unscaled
     bits = kernels.choco_residual(x, h, comp)
     assert torch.equal(bits.cpu(), comp.bits(comp.compress(r)))
 
 
 def test_qsgd_kernel_is_unbiased_and_never_stores_noise(fresh_seed, use_triton):
-    comp, trials = kernels.qsgd(4), 400
+    comp, trials = kernels.qsgd(4), 100
     x = torch.randn(2, 700, device=DEVICE)
     mean = sum(comp.roundtrip(x)[0] for _ in range(trials)) / trials
     # each entry rounds to one of two levels norm/s apart: std <= norm / (2 s); 5 sigma of the mean

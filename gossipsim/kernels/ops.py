@@ -59,8 +59,12 @@ def _triton():
 
 
 @functools.lru_cache(maxsize=64)
+def _cached_table(sizes: tuple[int, ...], device: torch.device, block: int):
+    return _triton().blocks(sizes, device, block)
+
+
 def _table(sizes: tuple[int, ...], device: torch.device):
-    return _triton().blocks(sizes, device)
+    return _cached_table(sizes, device, _triton().SEG_BLOCK)
 
 
 def fused(comp: Compressor) -> bool:

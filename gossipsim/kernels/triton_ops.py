@@ -12,20 +12,26 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 1024
+BLOCK = 1024  # columns a gossip program: rows sharing a block keep its neighbour rows in L2
+SEG_BLOCK = 4096  # columns a program of the per-segment kernels (norms, quantize, top-k): 16 KB of float32
+SEG_WARPS = 8
 
 
-def blocks(sizes: tuple[int, ...], device, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(start, end, segment) int32 of each column block; a block lies inside one segment."""
-    start, ends, segs, s0 = [], [], [], 0
+def blocks(sizes: tuple[int, ...], device, block: int | None = None) -> tuple[torch.Tensor, ...]:
+    """(start, end, segment, first) int32 of each column block: a block lies inside one segment, and `first`
+    is the index of its segment's first block."""
+    block = block or SEG_BLOCK
+    start, ends, segs, first, s0 = [], [], [], [], 0
     for i, d in enumerate(sizes):
+        f = len(start)
         for a in range(s0, s0 + d, block):
             start.append(a)
             ends.append(min(a + block, s0 + d))
             segs.append(i)
+            first.append(f)
         s0 += d
-    t = torch.tensor([start, ends, segs], dtype=torch.int32, device=device)
-    return t[0], t[1], t[2]
+    t = torch.tensor([start, ends, segs, first], dtype=torch.int32, device=device)
+    return t[0], t[1], t[2], t[3]
 
 
 @triton.jit
@@ -78,20 +84,22 @@ def _segment_sums(x_ptr, h_ptr, out_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, 
 def segment_sums(x: torch.Tensor, h: torch.Tensor | None, table, n_segments: int, power: int) -> torch.Tensor:
     """(N, L) float32: per segment, sum of (x - h)^2 (power 2) or |x - h| (power 1)."""
     n, p = x.shape
-    start, end, seg = table
+    start, end, seg, _ = table
     out = torch.zeros(n, n_segments, dtype=torch.float32, device=x.device)
     nb = start.numel()
     _segment_sums[(n * nb,)](x, x if h is None else h, out, start, end, seg, p, n_segments, nb, POWER=power,
-                             HAS_HAT=h is not None, BLOCK=BLOCK)
+                             HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
     return out
 
 
 @triton.jit
-def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, seed, levels,
+def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg_ptr, first_ptr, P, L, NB, seed,
+              levels,
               MODE: tl.constexpr, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
     # q = C(r) with r = x - h (or x), then out = h + q (CHOCO: out is h, updated in place) or out = q.
     # MODE 0 identity; 1 QSGD: scale = ||r|| tau / s, aux = s / ||r||, Philox uniforms keyed by (seed + row);
-    # 2 sign: scale = ||r||_1 / d; 3 top-k: aux holds the threshold's bits and the ties to keep (see topk).
+    # 2 sign: scale = ||r||_1 / d; 3 top-k: aux holds the threshold's bits and the ties to keep, scale the
+    # running count of ties over the row's blocks (see topk_select).
     pid = tl.program_id(0)
     n = tl.num_programs(0) // NB
     row = (pid % n).to(tl.int64)
@@ -121,7 +129,9 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
         room = tl.load(aux_ptr + (row * L + seg) * 2 + 1)
         bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
         tie = (bits == tau) & m
-        before = tl.load(scale_ptr + row * NB + b)  # ties in the segment's earlier blocks
+        f = tl.load(first_ptr + b)
+        before = tl.load(scale_ptr + row * NB + b - 1, mask=b > 0, other=0) - tl.load(
+            scale_ptr + row * NB + f - 1, mask=f > 0, other=0)  # ties in the segment's earlier blocks
         rank = before + tl.cumsum(tie.to(tl.int32), axis=0) - 1
         keep = (bits > tau) | (tie & (rank < room))
         q = tl.where(keep, r, 0.0)
@@ -132,10 +142,10 @@ def residual(x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, mode: i
              scale: torch.Tensor, aux: torch.Tensor, seed: int = 0, levels: int = 1) -> torch.Tensor:
     """out = h + C(x - h) (or C(x)); scale and aux as `_residual` reads them for `mode`."""
     n, p = x.shape
-    start, end, seg = table
+    start, end, seg, first = table
     nb = start.numel()
-    _residual[(n * nb,)](x, x if h is None else h, out, scale, aux, start, end, seg, p, n_segments, nb, seed,
-                         levels, MODE=mode, HAS_HAT=h is not None, BLOCK=BLOCK)
+    _residual[(n * nb,)](x, x if h is None else h, out, scale, aux, start, end, seg, first, p, n_segments, nb, seed,
+                         levels, MODE=mode, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
     return out
 
 
@@ -171,10 +181,12 @@ def _radix_histogram(x_ptr, h_ptr, hist_ptr, prefix_ptr, start_ptr, end_ptr, seg
     bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
     prefix = tl.load(prefix_ptr + row * L + seg)
     match = m & ((bits & high_mask) == prefix)
-    digit = tl.where(match, (bits >> shift) & 0xFF, 256)  # non-matching entries go to a bin never read
-    counts = tl.histogram(digit, 512)
-    bins = tl.arange(0, 512)
-    tl.atomic_add(hist_ptr + (row * L + seg) * 256 + bins, counts, mask=bins < 256)
+    # entries off the prefix (and masked lanes) are counted in bin 0, then taken out of it again
+    counts = tl.histogram(tl.where(match, (bits >> shift) & 0xFF, 0), 256)
+    bins = tl.arange(0, 256)
+    counts -= tl.where(bins == 0, BLOCK - tl.sum(match.to(tl.int32), axis=0), 0)
+    # after the first pass few entries still match: add only the bins that count, not all 256
+    tl.atomic_add(hist_ptr + (row * L + seg) * 256 + bins, counts, mask=counts > 0)
 
 
 @triton.jit
@@ -195,42 +207,43 @@ def _tie_counts(x_ptr, h_ptr, out_ptr, aux_ptr, start_ptr, end_ptr, seg_ptr, P, 
     tl.store(out_ptr + row * NB + b, tl.sum(((bits == tau) & m).to(tl.int32), axis=0))
 
 
+@triton.jit
+def _radix_pick(hist_ptr, prefix_ptr, remaining_ptr, shift):
+    # one program per (row, segment): the largest digit d with at least `remaining` entries at or above it
+    i = tl.program_id(0).to(tl.int64)
+    bins = tl.arange(0, 256)
+    counts = tl.load(hist_ptr + i * 256 + bins)
+    above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts  # entries with digit >= d
+    rem = tl.load(remaining_ptr + i)
+    digit = tl.max(tl.where(above >= rem, bins, -1), axis=0)
+    tl.store(remaining_ptr + i, rem - tl.sum(tl.where(bins > digit, counts, 0), axis=0))
+    tl.store(prefix_ptr + i, tl.load(prefix_ptr + i) | (digit << shift))
+
+
 def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Radix select of each segment's k-th largest |r|, r = x - h, on the float bits, 8 bits a pass.
 
     Returns aux (N, L, 2) int32: the threshold's bits and how many entries equal to it to keep, and
-    (N, NB) int32: ties before each block (exclusive prefix over the segment's blocks), for `residual` mode 3.
-    All on the device: no host synchronization.
+    (N, NB) int32: the running count of entries equal to it over the blocks, for `residual` mode 3.
+    Twelve launches, all on the device: no host synchronization.
     """
     n, p = x.shape
-    start, end, seg = table
+    start, end, seg, _ = table
     nb, L = start.numel(), ks.numel()
-    prefix = torch.zeros(n, L, dtype=torch.int32, device=x.device)
-    remaining = ks.to(torch.int32).expand(n, L).contiguous()  # (N, L) how many still to find at or below
+    aux = torch.zeros(2, n, L, dtype=torch.int32, device=x.device)  # prefix, remaining
+    aux[1] = ks.to(torch.int32)
+    prefix, remaining = aux[0], aux[1]
+    hists = torch.zeros(4, n, L, 256, dtype=torch.int32, device=x.device)
     high = 0
-    for shift in (24, 16, 8, 0):
-        hist = torch.zeros(n, L, 256, dtype=torch.int32, device=x.device)
+    for hist, shift in zip(hists, (24, 16, 8, 0)):
         _radix_histogram[(n * nb,)](x, x if h is None else h, hist, prefix, start, end, seg, p, L, nb, shift, high,
-                                    HAS_HAT=h is not None, BLOCK=BLOCK)
-        above = hist.flip(2).cumsum(2).flip(2)  # (N, L, 256) entries with digit >= d
-        digit = ((above >= remaining.unsqueeze(2)).sum(2) - 1).to(torch.int32)  # largest d with enough above
-        strictly = torch.where(digit < 255, above.gather(2, (digit + 1).clamp(max=255).long().unsqueeze(2))
-                               .squeeze(2), 0)
-        remaining = remaining - strictly.to(torch.int32)
-        prefix = prefix | (digit << shift)
+                                    HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
+        _radix_pick[(n * L,)](hist, prefix, remaining, shift)
         high = high | (0xFF << shift)
         if high >= 2**31:
             high -= 2**32  # keep the mask an int32
-    aux = torch.stack([prefix, remaining], 2).contiguous()  # (N, L, 2)
+    aux = aux.permute(1, 2, 0).contiguous()  # (N, L, 2)
     ties = torch.empty(n, nb, dtype=torch.int32, device=x.device)
     _tie_counts[(n * nb,)](x, x if h is None else h, ties, aux, start, end, seg, p, L, nb, HAS_HAT=h is not None,
-                           BLOCK=BLOCK)
-    # exclusive prefix of ties over the blocks of the same segment (blocks of a segment are consecutive)
-    inclusive = ties.cumsum(1)
-    seg_first = torch.zeros(nb, dtype=torch.long, device=x.device)
-    first_block = torch.ones(nb, dtype=torch.bool, device=x.device)
-    first_block[1:] = seg[1:] != seg[:-1]
-    seg_first = torch.cummax(torch.where(first_block, torch.arange(nb, device=x.device), 0), 0).values
-    base = torch.where(seg_first > 0, inclusive.gather(1, (seg_first - 1).clamp(min=0).expand(n, nb)), 0)
-    before = (inclusive - ties - base).to(torch.int32).contiguous()
-    return aux, before
+                           BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
+    return aux, ties.cumsum(1, dtype=torch.int32)
