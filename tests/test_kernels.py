@@ -123,6 +123,10 @@ def test_dispatch(monkeypatch):
     monkeypatch.setenv("GOSSIPSIM_KERNELS", "torch")
     assert kernels.backend(x) == "torch"
     monkeypatch.setenv("GOSSIPSIM_KERNELS", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
+        kernels.backend(x)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert kernels.backend(x) == "triton" and kernels.backend(x.double()) == "torch"  # kernels are float32
     monkeypatch.setenv("GOSSIPSIM_KERNELS", "cuda")
     with pytest.raises(ConfigError, match="'cuda' is not one of torch, triton"):
