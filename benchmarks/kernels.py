@@ -119,7 +119,7 @@ def main() -> None:
                     s = timed(fn, device, min_time)
                     gbs = arrays * unit / s / 1e9
                     row[impl] = dict(seconds=s, gbs=gbs, of_copy=gbs / copy)
-                    cells.append(f"{1e3 * s:.2f} | {gbs:.0f} | {100 * gbs / copy:.0f}%")
+                    cells.append(f"{1e3 * s:.2f} | {gbs:.1f} | {100 * gbs / copy:.0f}%")
                 os.environ.pop("GOSSIPSIM_KERNELS", None)
                 rows.append(row)
                 print(f"| {op} | {n} | {p} | {copy:.0f} | " + " | ".join(cells) + " |", flush=True)
