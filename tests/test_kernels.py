@@ -134,3 +134,25 @@ def test_dispatch(monkeypatch):
     monkeypatch.delenv("GOSSIPSIM_KERNELS")
     assert kernels.backend(x) == ("triton" if x.is_cuda else "torch")
     assert expand(torch.ones(2, 1), (3,)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("layout", ["random", "ties", "sample_low", "sample_high"])
+@pytest.mark.parametrize("n,p,layers", SHAPES[1:])
+def test_top_k_sampled_threshold_and_its_fallback(layout, n, p, layers, fresh_seed, use_triton, monkeypatch):
+    # A sample of 64 a segment: lo brackets the k-th largest (random), or misses it, low (every entry becomes
+    # a candidate: more than fit) or high (fewer than k candidates); ties overflow the buffer. The radix
+    # fallback must then give the same exact answer.
+    monkeypatch.setattr(T, "SAMPLE", 64)
+    fraction = 0.3 if layout == "sample_high" else 0.05  # k above the 64 huge sampled entries
+    comp = comp_for(lambda per: kernels.top_k(fraction, per=per), layers)
+    x, h = data(n, p, fresh_seed, ties=layout == "ties")
+    if layout.startswith("sample"):
+        start = 0
+        for d in comp.segments(p):
+            s = min(d, 64)
+            cols = start + torch.arange(s) * d // s
+            x[:, cols] = h[:, cols] + (1e-6 if layout == "sample_low" else 1e6)
+            start += d
+    expect = h.cpu() + comp.decompress(comp.compress(x.cpu() - h.cpu()))
+    kernels.choco_residual(x, h, comp)
+    assert torch.equal(h.cpu(), expect), f"{layout} seed {fresh_seed}"

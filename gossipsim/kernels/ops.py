@@ -116,8 +116,7 @@ def _apply(comp: Compressor, x: torch.Tensor, h: torch.Tensor | None, out: torch
         scale = T.segment_sums(x, h, table, L, 1) / _constant(sizes, torch.float32, x.device)
         T.residual(x, h, out, 2, table, L, scale, dummy)
     else:
-        ks = _constant(tuple(comp.ks(width)), torch.int32, x.device)
-        aux, before = T.topk_select(x, h, table, ks)
+        aux, before = T.topk_select(x, h, table, tuple(comp.ks(width)), sizes)
         T.residual(x, h, out, 3, table, L, before, aux)
 
 

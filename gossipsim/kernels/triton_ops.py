@@ -8,6 +8,10 @@ Each launcher's pure-torch twin is in ops.py; tests/test_kernels.py checks they 
 """
 from __future__ import annotations
 
+import functools
+import itertools
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -99,7 +103,7 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
     # q = C(r) with r = x - h (or x), then out = h + q (CHOCO: out is h, updated in place) or out = q.
     # MODE 0 identity; 1 QSGD: scale = ||r|| tau / s, aux = s / ||r||, Philox uniforms keyed by (seed + row);
     # 2 sign: scale = ||r||_1 / d; 3 top-k: aux holds the threshold's bits and the ties to keep, scale the
-    # running count of ties over the row's blocks (see topk_select).
+    # number of ties in the segment's blocks before this one (see topk_select).
     pid = tl.program_id(0)
     n = tl.num_programs(0) // NB
     row = (pid % n).to(tl.int64)
@@ -129,9 +133,7 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
         room = tl.load(aux_ptr + (row * L + seg) * 2 + 1)
         bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
         tie = (bits == tau) & m
-        f = tl.load(first_ptr + b)
-        before = tl.load(scale_ptr + row * NB + b - 1, mask=b > 0, other=0) - tl.load(
-            scale_ptr + row * NB + f - 1, mask=f > 0, other=0)  # ties in the segment's earlier blocks
+        before = tl.load(scale_ptr + row * NB + b)  # ties in the segment's earlier blocks
         rank = before + tl.cumsum(tie.to(tl.int32), axis=0) - 1
         keep = (bits > tau) | (tie & (rank < room))
         q = tl.where(keep, r, 0.0)
@@ -164,10 +166,58 @@ def uniform(n: int, p: int, seed: int, device) -> torch.Tensor:
 
 
 @triton.jit
-def _radix_histogram(x_ptr, h_ptr, hist_ptr, prefix_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, shift, high_mask,
-                     HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
+def _radix_histogram(x_ptr, h_ptr, hist_ptr, prefix_ptr, skip_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, shift,
+                     high_mask, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
     # hist[row, seg, digit] += count of entries whose |r| bits match the prefix found so far on the bits above
-    # `shift`, by their 8-bit digit at `shift`.
+    # `shift`, by their 8-bit digit at `shift`. Segments whose threshold is already known (skip) read nothing.
+    pid = tl.program_id(0)
+    n = tl.num_programs(0) // NB
+    row = (pid % n).to(tl.int64)
+    b = pid // n
+    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
+    if tl.load(skip_ptr + row * L + seg) == 0:
+        cols = a + tl.arange(0, BLOCK)
+        m = cols < e
+        r = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
+        if HAS_HAT:
+            r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
+        bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        prefix = tl.load(prefix_ptr + row * L + seg)
+        match = m & ((bits & high_mask) == prefix)
+        # entries off the prefix (and masked lanes) are counted in bin 0, then taken out of it again
+        counts = tl.histogram(tl.where(match, (bits >> shift) & 0xFF, 0), 256)
+        bins = tl.arange(0, 256)
+        counts -= tl.where(bins == 0, BLOCK - tl.sum(match.to(tl.int32), axis=0), 0)
+        # after the first pass few entries still match: add only the bins that count, not all 256
+        tl.atomic_add(hist_ptr + (row * L + seg) * 256 + bins, counts, mask=counts > 0)
+
+
+@triton.jit
+def _tie_counts(x_ptr, h_ptr, out_ptr, aux_ptr, skip_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB,
+                HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n = tl.num_programs(0) // NB
+    row = (pid % n).to(tl.int64)
+    b = pid // n
+    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
+    count = 0
+    if tl.load(skip_ptr + row * L + seg) == 0:
+        cols = a + tl.arange(0, BLOCK)
+        m = cols < e
+        r = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
+        if HAS_HAT:
+            r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
+        bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        tau = tl.load(aux_ptr + (row * L + seg) * 2)
+        count = tl.sum(((bits == tau) & m).to(tl.int32), axis=0)
+    tl.store(out_ptr + row * NB + b, count)
+
+
+@triton.jit
+def _compact(x_ptr, h_ptr, lo_ptr, count_ptr, buf_bits_ptr, buf_idx_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, C,
+             HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
+    # Appends every entry with |r| bits >= lo[row, seg] (bits and column) to the segment's candidate buffer of
+    # C slots; count[row, seg] ends as the number of candidates, also those that did not fit.
     pid = tl.program_id(0)
     n = tl.num_programs(0) // NB
     row = (pid % n).to(tl.int64)
@@ -179,71 +229,129 @@ def _radix_histogram(x_ptr, h_ptr, hist_ptr, prefix_ptr, start_ptr, end_ptr, seg
     if HAS_HAT:
         r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
     bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-    prefix = tl.load(prefix_ptr + row * L + seg)
-    match = m & ((bits & high_mask) == prefix)
-    # entries off the prefix (and masked lanes) are counted in bin 0, then taken out of it again
-    counts = tl.histogram(tl.where(match, (bits >> shift) & 0xFF, 0), 256)
-    bins = tl.arange(0, 256)
-    counts -= tl.where(bins == 0, BLOCK - tl.sum(match.to(tl.int32), axis=0), 0)
-    # after the first pass few entries still match: add only the bins that count, not all 256
-    tl.atomic_add(hist_ptr + (row * L + seg) * 256 + bins, counts, mask=counts > 0)
+    cand = m & (bits >= tl.load(lo_ptr + row * L + seg))
+    c = cand.to(tl.int32)
+    total = tl.sum(c, axis=0)
+    if total > 0:
+        base = tl.atomic_add(count_ptr + row * L + seg, total)
+        pos = base + tl.cumsum(c, axis=0) - 1
+        keep = cand & (pos < C)
+        slot = (row * L + seg) * C + pos
+        tl.store(buf_bits_ptr + slot, bits, mask=keep)
+        tl.store(buf_idx_ptr + slot, cols, mask=keep)
 
 
 @triton.jit
-def _tie_counts(x_ptr, h_ptr, out_ptr, aux_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, HAS_HAT: tl.constexpr,
-                BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n = tl.num_programs(0) // NB
-    row = (pid % n).to(tl.int64)
-    b = pid // n
-    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
-    cols = a + tl.arange(0, BLOCK)
-    m = cols < e
-    r = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
-    if HAS_HAT:
-        r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
-    bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-    tau = tl.load(aux_ptr + (row * L + seg) * 2)
-    tl.store(out_ptr + row * NB + b, tl.sum(((bits == tau) & m).to(tl.int32), axis=0))
-
-
-@triton.jit
-def _radix_pick(hist_ptr, prefix_ptr, remaining_ptr, shift):
+def _radix_pick(hist_ptr, prefix_ptr, remaining_ptr, skip_ptr, shift):
     # one program per (row, segment): the largest digit d with at least `remaining` entries at or above it
     i = tl.program_id(0).to(tl.int64)
-    bins = tl.arange(0, 256)
-    counts = tl.load(hist_ptr + i * 256 + bins)
-    above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts  # entries with digit >= d
-    rem = tl.load(remaining_ptr + i)
-    digit = tl.max(tl.where(above >= rem, bins, -1), axis=0)
-    tl.store(remaining_ptr + i, rem - tl.sum(tl.where(bins > digit, counts, 0), axis=0))
-    tl.store(prefix_ptr + i, tl.load(prefix_ptr + i) | (digit << shift))
+    if tl.load(skip_ptr + i) == 0:
+        bins = tl.arange(0, 256)
+        counts = tl.load(hist_ptr + i * 256 + bins)
+        above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts  # entries with digit >= d
+        rem = tl.load(remaining_ptr + i)
+        digit = tl.max(tl.where(above >= rem, bins, -1), axis=0)
+        tl.store(remaining_ptr + i, rem - tl.sum(tl.where(bins > digit, counts, 0), axis=0))
+        tl.store(prefix_ptr + i, tl.load(prefix_ptr + i) | (digit << shift))
 
 
-def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Radix select of each segment's k-th largest |r|, r = x - h, on the float bits, 8 bits a pass.
+SAMPLE = 2048  # entries a segment's threshold is first estimated from
 
-    Returns aux (N, L, 2) int32: the threshold's bits and how many entries equal to it to keep, and
-    (N, NB) int32: the running count of entries equal to it over the blocks, for `residual` mode 3.
-    Twelve launches, all on the device: no host synchronization.
+
+@functools.lru_cache(maxsize=64)
+def _sample_plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sample: int, block: int):
+    """Per segment: strided sample columns (L, S) with a validity mask, the sample rank whose value brackets
+    the k-th largest from below (lo), the candidate buffer's size C (one for all segments), k (1, L), and
+    each segment's block starts (L, M) with where each block sits in that table (NB,)."""
+    L = len(sizes)
+    per_seg = [list(range(a, a + d, block)) for a, d in zip([0, *itertools.accumulate(sizes)][:-1], sizes)]
+    M = max(len(b) for b in per_seg)
+    starts = torch.full((L, M), 2**31 - 1, dtype=torch.int32)
+    where = []
+    for i, b in enumerate(per_seg):
+        starts[i, :len(b)] = torch.tensor(b, dtype=torch.int32)
+        where += [i * M + j for j in range(len(b))]
+    S = min(max(sizes), sample)
+    cols = torch.zeros(L, S, dtype=torch.int64)
+    valid = torch.zeros(L, S, dtype=torch.bool)
+    ranks, caps, start = [], [], 0
+    for i, (d, k) in enumerate(zip(sizes, ks)):
+        s = min(d, sample)
+        cols[i, :s] = start + torch.arange(s) * d // s
+        valid[i, :s] = True
+        if s == d:  # the whole segment: lo is the exact k-th largest, every candidate fits
+            ranks.append(k)
+            caps.append(d)
+        else:  # 4 standard deviations of the sample count above the k-th largest, and some slack
+            q = k / d
+            mean = q * s
+            r = min(s, math.ceil(mean + 4 * math.sqrt(mean * (1 - q)) + 4))
+            ranks.append(r)
+            caps.append(min(d, math.ceil(1.5 * r / s * d) + 64))
+        start += d
+    return (cols.to(device), valid.to(device), torch.tensor(ranks, device=device).view(1, L, 1) - 1, max(caps),
+            torch.tensor(ks, device=device).view(1, L), starts.to(device), torch.tensor(where, device=device))
+
+
+def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: tuple[int, ...],
+                sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each segment's k-th largest |r| (r = x - h) and the ties to keep, for `residual` mode 3, with no host
+    synchronization: aux (N, L, 2) int32 (the threshold's float bits, ties equal to it to keep) and
+    (N, NB) int32 (ties in the segment's blocks before each block).
+
+    Common case, one read of r: a strided sample gives a value lo just below the k-th largest, one pass
+    gathers every entry >= lo into a small buffer, and the buffer is sorted. Where lo missed (fewer than
+    k candidates, or more than fit: many ties, or an adversarial layout), the same launches fall back to a
+    radix select on the float bits, 8 bits a pass, for those segments alone.
     """
     n, p = x.shape
-    start, end, seg, _ = table
-    nb, L = start.numel(), ks.numel()
-    aux = torch.zeros(2, n, L, dtype=torch.int32, device=x.device)  # prefix, remaining
-    aux[1] = ks.to(torch.int32)
-    prefix, remaining = aux[0], aux[1]
-    hists = torch.zeros(4, n, L, 256, dtype=torch.int32, device=x.device)
+    start, end, seg, first = table
+    nb, L = start.numel(), len(sizes)
+    dev = x.device
+    hh = x if h is None else h
+    cols, valid, rank, C, kk, seg_starts, where = _sample_plan(sizes, ks, dev, SAMPLE, SEG_BLOCK)
+
+    # 1. lo from the sample (N, L, S): bits of |r|, -1 where a short segment has no sample
+    sample = x[:, cols] if h is None else x[:, cols] - h[:, cols]
+    sbits = torch.where(valid, sample.abs().view(torch.int32), -1)
+    lo = sbits.sort(dim=2, descending=True).values.gather(2, rank.expand(n, L, 1)).squeeze(2).contiguous()
+
+    # 2. candidates >= lo, and the exact threshold among them
+    count = torch.zeros(n, L, dtype=torch.int32, device=dev)
+    buf_bits = torch.full((n, L, C), -1, dtype=torch.int32, device=dev)
+    buf_idx = torch.full((n, L, C), p, dtype=torch.int32, device=dev)
+    _compact[(n * nb,)](x, hh, lo, count, buf_bits, buf_idx, start, end, seg, p, L, nb, C, HAS_HAT=h is not None,
+                        BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
+    ok = (count >= kk) & (count <= C)  # (N, L)
+    ordered = buf_bits.sort(dim=2, descending=True).values
+    tau = ordered.gather(2, (kk - 1).clamp(max=C - 1).unsqueeze(2).expand(n, L, 1)).squeeze(2)  # (N, L)
+    room = kk - (buf_bits > tau.unsqueeze(2)).sum(2)
+    # ties in earlier blocks: how many candidates equal to tau lie before each block's first column
+    tie_cols = torch.where(buf_bits == tau.unsqueeze(2), buf_idx, p).sort(dim=2).values  # (N, L, C)
+    found = torch.searchsorted(tie_cols, seg_starts.expand(n, L, -1).contiguous(), out_int32=True)  # (N, L, M)
+    before_fast = found.view(n, -1)[:, where]  # (N, NB)
+
+    # 3. the radix select, for the segments the sample missed (the others skip every pass)
+    skip = ok.to(torch.int32).contiguous()
+    prefix = torch.zeros(n, L, dtype=torch.int32, device=dev)
+    remaining = kk.expand(n, L).to(torch.int32).contiguous()
+    hists = torch.zeros(4, n, L, 256, dtype=torch.int32, device=dev)
     high = 0
     for hist, shift in zip(hists, (24, 16, 8, 0)):
-        _radix_histogram[(n * nb,)](x, x if h is None else h, hist, prefix, start, end, seg, p, L, nb, shift, high,
+        _radix_histogram[(n * nb,)](x, hh, hist, prefix, skip, start, end, seg, p, L, nb, shift, high,
                                     HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
-        _radix_pick[(n * L,)](hist, prefix, remaining, shift)
+        _radix_pick[(n * L,)](hist, prefix, remaining, skip, shift)
         high = high | (0xFF << shift)
         if high >= 2**31:
             high -= 2**32  # keep the mask an int32
-    aux = aux.permute(1, 2, 0).contiguous()  # (N, L, 2)
-    ties = torch.empty(n, nb, dtype=torch.int32, device=x.device)
-    _tie_counts[(n * nb,)](x, x if h is None else h, ties, aux, start, end, seg, p, L, nb, HAS_HAT=h is not None,
+    radix_aux = torch.stack([prefix, remaining], 2).contiguous()
+    ties = torch.empty(n, nb, dtype=torch.int32, device=dev)
+    _tie_counts[(n * nb,)](x, hh, ties, radix_aux, skip, start, end, seg, p, L, nb, HAS_HAT=h is not None,
                            BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
-    return aux, ties.cumsum(1, dtype=torch.int32)
+    inclusive = ties.cumsum(1)
+    f = first.long()
+    before_radix = inclusive - ties - torch.where(f > 0, inclusive.gather(1, (f - 1).clamp(min=0).expand(n, nb)), 0)
+
+    aux = torch.where(ok.unsqueeze(2), torch.stack([tau, room.to(torch.int32)], 2), radix_aux)
+    before = torch.where(ok.gather(1, seg.long().expand(n, nb)), before_fast, before_radix)
+    return aux.to(torch.int32).contiguous(), before.to(torch.int32).contiguous()
