@@ -9,7 +9,6 @@ Each launcher's pure-torch twin is in ops.py; tests/test_kernels.py checks they 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 
 import torch
@@ -214,10 +213,10 @@ def _tie_counts(x_ptr, h_ptr, out_ptr, aux_ptr, skip_ptr, start_ptr, end_ptr, se
 
 
 @triton.jit
-def _compact(x_ptr, h_ptr, lo_ptr, count_ptr, buf_bits_ptr, buf_idx_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, C,
+def _compact(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, C,
              HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
-    # Appends every entry with |r| bits >= lo[row, seg] (bits and column) to the segment's candidate buffer of
-    # C slots; count[row, seg] ends as the number of candidates, also those that did not fit.
+    # Appends the bits of every |r| >= lo[row, seg] to the segment's candidate buffer of C slots;
+    # count[row, seg] ends as the number of candidates, also those that did not fit.
     pid = tl.program_id(0)
     n = tl.num_programs(0) // NB
     row = (pid % n).to(tl.int64)
@@ -236,9 +235,7 @@ def _compact(x_ptr, h_ptr, lo_ptr, count_ptr, buf_bits_ptr, buf_idx_ptr, start_p
         base = tl.atomic_add(count_ptr + row * L + seg, total)
         pos = base + tl.cumsum(c, axis=0) - 1
         keep = cand & (pos < C)
-        slot = (row * L + seg) * C + pos
-        tl.store(buf_bits_ptr + slot, bits, mask=keep)
-        tl.store(buf_idx_ptr + slot, cols, mask=keep)
+        tl.store(buf_ptr + (row * L + seg) * C + pos, bits, mask=keep)
 
 
 @triton.jit
@@ -261,16 +258,9 @@ SAMPLE = 2048  # entries a segment's threshold is first estimated from
 @functools.lru_cache(maxsize=64)
 def _sample_plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sample: int, block: int):
     """Per segment: strided sample columns (L, S) with a validity mask, the sample rank whose value brackets
-    the k-th largest from below (lo), the candidate buffer's size C (one for all segments), k (1, L), and
-    each segment's block starts (L, M) with where each block sits in that table (NB,)."""
+    the k-th largest from below (lo), the candidate buffer's size C (one for all segments), k (1, L), and the
+    block table of the buffer seen as rows of L segments of C."""
     L = len(sizes)
-    per_seg = [list(range(a, a + d, block)) for a, d in zip([0, *itertools.accumulate(sizes)][:-1], sizes)]
-    M = max(len(b) for b in per_seg)
-    starts = torch.full((L, M), 2**31 - 1, dtype=torch.int32)
-    where = []
-    for i, b in enumerate(per_seg):
-        starts[i, :len(b)] = torch.tensor(b, dtype=torch.int32)
-        where += [i * M + j for j in range(len(b))]
     S = min(max(sizes), sample)
     cols = torch.zeros(L, S, dtype=torch.int64)
     valid = torch.zeros(L, S, dtype=torch.bool)
@@ -289,8 +279,30 @@ def _sample_plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.devi
             ranks.append(r)
             caps.append(min(d, math.ceil(1.5 * r / s * d) + 64))
         start += d
-    return (cols.to(device), valid.to(device), torch.tensor(ranks, device=device).view(1, L, 1) - 1, max(caps),
-            torch.tensor(ks, device=device).view(1, L), starts.to(device), torch.tensor(where, device=device))
+    C = max(caps)
+    return (cols.to(device), valid.to(device), torch.tensor(ranks, device=device).view(1, L, 1) - 1, C,
+            torch.tensor(ks, device=device).view(1, L), blocks((C,) * L, device, block))
+
+
+def _radix(x: torch.Tensor, h: torch.Tensor | None, table, nseg: int, skip: torch.Tensor, remaining: torch.Tensor):
+    """Radix select on the float bits of |r|, 8 bits a pass, for each (row, segment) not skipped.
+
+    `remaining` (N, L) int32 enters as k and leaves as the ties to keep; returns the threshold's bits (N, L)
+    and the last pass's histogram (N, L, 256)."""
+    n, p = x.shape
+    start, end, seg, _ = table
+    nb = start.numel()
+    prefix = torch.zeros(n, nseg, dtype=torch.int32, device=x.device)
+    hists = torch.zeros(4, n, nseg, 256, dtype=torch.int32, device=x.device)
+    high = 0
+    for hist, shift in zip(hists, (24, 16, 8, 0)):
+        _radix_histogram[(n * nb,)](x, x if h is None else h, hist, prefix, skip, start, end, seg, p, nseg, nb,
+                                    shift, high, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
+        _radix_pick[(n * nseg,)](hist, prefix, remaining, skip, shift)
+        high = high | (0xFF << shift)
+        if high >= 2**31:
+            high -= 2**32  # keep the mask an int32
+    return prefix, hists[3]
 
 
 def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: tuple[int, ...],
@@ -299,59 +311,47 @@ def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: tuple[int, .
     synchronization: aux (N, L, 2) int32 (the threshold's float bits, ties equal to it to keep) and
     (N, NB) int32 (ties in the segment's blocks before each block).
 
-    Common case, one read of r: a strided sample gives a value lo just below the k-th largest, one pass
-    gathers every entry >= lo into a small buffer, and the buffer is sorted. Where lo missed (fewer than
-    k candidates, or more than fit: many ties, or an adversarial layout), the same launches fall back to a
-    radix select on the float bits, 8 bits a pass, for those segments alone.
+    Common case, one read of r: a strided sample gives a value lo just below the k-th largest; one pass
+    gathers every entry >= lo into a buffer of a few percent of r, and a radix select on that buffer finds
+    the threshold. Where lo missed (fewer than k candidates, more than fit, lo = 0, or ties at the
+    threshold to split by index), the same launches run the radix select over the whole of r for those
+    segments alone; the others skip it.
     """
     n, p = x.shape
     start, end, seg, first = table
     nb, L = start.numel(), len(sizes)
     dev = x.device
     hh = x if h is None else h
-    cols, valid, rank, C, kk, seg_starts, where = _sample_plan(sizes, ks, dev, SAMPLE, SEG_BLOCK)
+    cols, valid, rank, C, kk, buf_table = _sample_plan(sizes, ks, dev, SAMPLE, SEG_BLOCK)
 
     # 1. lo from the sample (N, L, S): bits of |r|, -1 where a short segment has no sample
     sample = x[:, cols] if h is None else x[:, cols] - h[:, cols]
     sbits = torch.where(valid, sample.abs().view(torch.int32), -1)
     lo = sbits.sort(dim=2, descending=True).values.gather(2, rank.expand(n, L, 1)).squeeze(2).contiguous()
 
-    # 2. candidates >= lo, and the exact threshold among them
+    # 2. every entry >= lo into the buffer (N, L, C), unused slots +0.0; the exact threshold among them
     count = torch.zeros(n, L, dtype=torch.int32, device=dev)
-    buf_bits = torch.full((n, L, C), -1, dtype=torch.int32, device=dev)
-    buf_idx = torch.full((n, L, C), p, dtype=torch.int32, device=dev)
-    _compact[(n * nb,)](x, hh, lo, count, buf_bits, buf_idx, start, end, seg, p, L, nb, C, HAS_HAT=h is not None,
+    buf = torch.zeros(n, L, C, dtype=torch.int32, device=dev)
+    _compact[(n * nb,)](x, hh, lo, count, buf, start, end, seg, p, L, nb, C, HAS_HAT=h is not None,
                         BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
-    ok = (count >= kk) & (count <= C)  # (N, L)
-    ordered = buf_bits.sort(dim=2, descending=True).values
-    tau = ordered.gather(2, (kk - 1).clamp(max=C - 1).unsqueeze(2).expand(n, L, 1)).squeeze(2)  # (N, L)
-    room = kk - (buf_bits > tau.unsqueeze(2)).sum(2)
-    # ties in earlier blocks: how many candidates equal to tau lie before each block's first column
-    tie_cols = torch.where(buf_bits == tau.unsqueeze(2), buf_idx, p).sort(dim=2).values  # (N, L, C)
-    found = torch.searchsorted(tie_cols, seg_starts.expand(n, L, -1).contiguous(), out_int32=True)  # (N, L, M)
-    before_fast = found.view(n, -1)[:, where]  # (N, NB)
+    room = kk.expand(n, L).to(torch.int32).contiguous()
+    tau, last = _radix(buf.view(n, L * C).view(torch.float32), None, buf_table, L, torch.zeros_like(room), room)
+    ties = last.gather(2, (tau & 0xFF).long().unsqueeze(2)).squeeze(2)  # candidates equal to tau
+    # all ties kept: their order does not matter, so no count of ties before a block is needed
+    ok = (count >= kk) & (count <= C) & (lo > 0) & (ties == room)
 
-    # 3. the radix select, for the segments the sample missed (the others skip every pass)
-    skip = ok.to(torch.int32).contiguous()
-    prefix = torch.zeros(n, L, dtype=torch.int32, device=dev)
+    # 3. the radix select over r, for the segments step 2 could not settle (the others skip every pass)
+    skip = ok.to(torch.int32)
     remaining = kk.expand(n, L).to(torch.int32).contiguous()
-    hists = torch.zeros(4, n, L, 256, dtype=torch.int32, device=dev)
-    high = 0
-    for hist, shift in zip(hists, (24, 16, 8, 0)):
-        _radix_histogram[(n * nb,)](x, hh, hist, prefix, skip, start, end, seg, p, L, nb, shift, high,
-                                    HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
-        _radix_pick[(n * L,)](hist, prefix, remaining, skip, shift)
-        high = high | (0xFF << shift)
-        if high >= 2**31:
-            high -= 2**32  # keep the mask an int32
+    prefix, _ = _radix(x, h, table, L, skip, remaining)
     radix_aux = torch.stack([prefix, remaining], 2).contiguous()
-    ties = torch.empty(n, nb, dtype=torch.int32, device=dev)
-    _tie_counts[(n * nb,)](x, hh, ties, radix_aux, skip, start, end, seg, p, L, nb, HAS_HAT=h is not None,
+    per_block = torch.empty(n, nb, dtype=torch.int32, device=dev)
+    _tie_counts[(n * nb,)](x, hh, per_block, radix_aux, skip, start, end, seg, p, L, nb, HAS_HAT=h is not None,
                            BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
-    inclusive = ties.cumsum(1)
+    inclusive = per_block.cumsum(1)
     f = first.long()
-    before_radix = inclusive - ties - torch.where(f > 0, inclusive.gather(1, (f - 1).clamp(min=0).expand(n, nb)), 0)
+    before = inclusive - per_block - torch.where(f > 0, inclusive.gather(1, (f - 1).clamp(min=0).expand(n, nb)), 0)
 
-    aux = torch.where(ok.unsqueeze(2), torch.stack([tau, room.to(torch.int32)], 2), radix_aux)
-    before = torch.where(ok.gather(1, seg.long().expand(n, nb)), before_fast, before_radix)
-    return aux.to(torch.int32).contiguous(), before.to(torch.int32).contiguous()
+    aux = torch.where(ok.unsqueeze(2), torch.stack([tau, room], 2), radix_aux)
+    before = torch.where(ok.gather(1, seg.long().expand(n, nb)), 0, before)
+    return aux.contiguous(), before.to(torch.int32).contiguous()
