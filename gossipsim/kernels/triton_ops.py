@@ -313,9 +313,9 @@ def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: tuple[int, .
 
     Common case, one read of r: a strided sample gives a value lo just below the k-th largest; one pass
     gathers every entry >= lo into a buffer of a few percent of r, and a radix select on that buffer finds
-    the threshold. Where lo missed (fewer than k candidates, more than fit, lo = 0, or ties at the
-    threshold to split by index), the same launches run the radix select over the whole of r for those
-    segments alone; the others skip it.
+    the threshold. Where lo missed (fewer than k candidates, more than fit, or lo = 0), the same launches
+    run the radix select over the whole of r for those segments alone; the others skip it. Where ties at
+    the threshold must be split, one more read counts them by block.
     """
     n, p = x.shape
     start, end, seg, first = table
@@ -337,21 +337,22 @@ def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: tuple[int, .
     room = kk.expand(n, L).to(torch.int32).contiguous()
     tau, last = _radix(buf.view(n, L * C).view(torch.float32), None, buf_table, L, torch.zeros_like(room), room)
     ties = last.gather(2, (tau & 0xFF).long().unsqueeze(2)).squeeze(2)  # candidates equal to tau
-    # all ties kept: their order does not matter, so no count of ties before a block is needed
-    ok = (count >= kk) & (count <= C) & (lo > 0) & (ties == room)
+    found = (count >= kk) & (count <= C) & (lo > 0)  # the buffer held the k-th largest: tau is exact
 
     # 3. the radix select over r, for the segments step 2 could not settle (the others skip every pass)
-    skip = ok.to(torch.int32)
     remaining = kk.expand(n, L).to(torch.int32).contiguous()
-    prefix, _ = _radix(x, h, table, L, skip, remaining)
-    radix_aux = torch.stack([prefix, remaining], 2).contiguous()
+    prefix, _ = _radix(x, h, table, L, found.to(torch.int32), remaining)
+    aux = torch.where(found.unsqueeze(2), torch.stack([tau, room], 2), torch.stack([prefix, remaining], 2))
+    aux = aux.contiguous()
+
+    # 4. where only some of the entries equal to the threshold are kept (ties are common at large d: two of
+    # 10M float32 values share their bits), count them by block, so that the lowest indices win
+    simple = found & (ties == room)  # every tie kept: their order does not matter
     per_block = torch.empty(n, nb, dtype=torch.int32, device=dev)
-    _tie_counts[(n * nb,)](x, hh, per_block, radix_aux, skip, start, end, seg, p, L, nb, HAS_HAT=h is not None,
-                           BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
+    _tie_counts[(n * nb,)](x, hh, per_block, aux, simple.to(torch.int32), start, end, seg, p, L, nb,
+                           HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
     inclusive = per_block.cumsum(1)
     f = first.long()
     before = inclusive - per_block - torch.where(f > 0, inclusive.gather(1, (f - 1).clamp(min=0).expand(n, nb)), 0)
-
-    aux = torch.where(ok.unsqueeze(2), torch.stack([tau, room], 2), radix_aux)
-    before = torch.where(ok.gather(1, seg.long().expand(n, nb)), 0, before)
+    before = torch.where(simple.gather(1, seg.long().expand(n, nb)), 0, before)
     return aux.contiguous(), before.to(torch.int32).contiguous()
