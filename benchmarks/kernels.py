@@ -17,31 +17,17 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+
 from gossipsim import graphs, kernels  # noqa: E402
 from gossipsim.kernels import ops  # noqa: E402
 from gossipsim.sim.model import keep_freed_memory  # noqa: E402
-
-
-def timed(fn, device, min_time: float) -> float:
-    fn()
-    times, start = [], time.perf_counter()
-    while len(times) < 3 or time.perf_counter() - start < min_time:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def cases(n: int, p: int, device):

@@ -68,18 +68,31 @@ def mix(y: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, x: torch.Tensor | N
 
 
 @triton.jit
-def _segment_sums(x_ptr, h_ptr, out_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, POWER: tl.constexpr,
-                  HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
-    # out[row, seg] += sum over the block of |r|^POWER, r = x - h (or x)
+def _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK: tl.constexpr):
+    # The (row, column block) a program of a per-segment kernel owns. Consecutive programs take consecutive
+    # rows of the same block; `m` masks the columns past the block's end.
     pid = tl.program_id(0)
-    row = (pid % (tl.num_programs(0) // NB)).to(tl.int64)
-    b = pid // (tl.num_programs(0) // NB)
-    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
-    cols = a + tl.arange(0, BLOCK)
-    m = cols < e
+    n = tl.num_programs(0) // NB
+    b = pid // n
+    cols = tl.load(start_ptr + b) + tl.arange(0, BLOCK)
+    return (pid % n).to(tl.int64), b, tl.load(seg_ptr + b), cols, cols < tl.load(end_ptr + b)
+
+
+@triton.jit
+def _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT: tl.constexpr):
+    # r = x - h on the block (x alone without h), 0 past its end
     r = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
     if HAS_HAT:
         r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
+    return r
+
+
+@triton.jit
+def _segment_sums(x_ptr, h_ptr, out_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, POWER: tl.constexpr,
+                  HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
+    # out[row, seg] += sum over the block of |r|^POWER, r = x - h (or x)
+    row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
+    r = _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT)
     v = r * r if POWER == 2 else tl.abs(r)
     tl.atomic_add(out_ptr + row * L + seg, tl.sum(v, axis=0))
 
@@ -103,13 +116,7 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
     # MODE 0 identity; 1 QSGD: scale = ||r|| tau / s, aux = s / ||r||, Philox uniforms keyed by (seed + row);
     # 2 sign: scale = ||r||_1 / d; 3 top-k: aux holds the threshold's bits and the ties to keep, scale the
     # number of ties in the segment's blocks before this one (see topk_select).
-    pid = tl.program_id(0)
-    n = tl.num_programs(0) // NB
-    row = (pid % n).to(tl.int64)
-    b = pid // n
-    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
-    cols = a + tl.arange(0, BLOCK)
-    m = cols < e
+    row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
     x = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
     h = tl.load(h_ptr + row * P + cols, mask=m, other=0.0) if HAS_HAT else tl.zeros([BLOCK], dtype=tl.float32)
     r = x - h
@@ -169,18 +176,9 @@ def _radix_histogram(x_ptr, h_ptr, hist_ptr, prefix_ptr, skip_ptr, start_ptr, en
                      high_mask, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
     # hist[row, seg, digit] += count of entries whose |r| bits match the prefix found so far on the bits above
     # `shift`, by their 8-bit digit at `shift`. Segments whose threshold is already known (skip) read nothing.
-    pid = tl.program_id(0)
-    n = tl.num_programs(0) // NB
-    row = (pid % n).to(tl.int64)
-    b = pid // n
-    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
+    row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
     if tl.load(skip_ptr + row * L + seg) == 0:
-        cols = a + tl.arange(0, BLOCK)
-        m = cols < e
-        r = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
-        if HAS_HAT:
-            r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
-        bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        bits = _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT).to(tl.int32, bitcast=True) & 0x7FFFFFFF
         prefix = tl.load(prefix_ptr + row * L + seg)
         match = m & ((bits & high_mask) == prefix)
         # entries off the prefix (and masked lanes) are counted in bin 0, then taken out of it again
@@ -194,19 +192,10 @@ def _radix_histogram(x_ptr, h_ptr, hist_ptr, prefix_ptr, skip_ptr, start_ptr, en
 @triton.jit
 def _tie_counts(x_ptr, h_ptr, out_ptr, aux_ptr, skip_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB,
                 HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n = tl.num_programs(0) // NB
-    row = (pid % n).to(tl.int64)
-    b = pid // n
-    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
+    row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
     count = 0
     if tl.load(skip_ptr + row * L + seg) == 0:
-        cols = a + tl.arange(0, BLOCK)
-        m = cols < e
-        r = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
-        if HAS_HAT:
-            r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
-        bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        bits = _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT).to(tl.int32, bitcast=True) & 0x7FFFFFFF
         tau = tl.load(aux_ptr + (row * L + seg) * 2)
         count = tl.sum(((bits == tau) & m).to(tl.int32), axis=0)
     tl.store(out_ptr + row * NB + b, count)
@@ -217,17 +206,8 @@ def _compact(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, start_ptr, end_ptr, seg_p
              HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
     # Appends the bits of every |r| >= lo[row, seg] to the segment's candidate buffer of C slots;
     # count[row, seg] ends as the number of candidates, also those that did not fit.
-    pid = tl.program_id(0)
-    n = tl.num_programs(0) // NB
-    row = (pid % n).to(tl.int64)
-    b = pid // n
-    a, e, seg = tl.load(start_ptr + b), tl.load(end_ptr + b), tl.load(seg_ptr + b)
-    cols = a + tl.arange(0, BLOCK)
-    m = cols < e
-    r = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
-    if HAS_HAT:
-        r = r - tl.load(h_ptr + row * P + cols, mask=m, other=0.0)
-    bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
+    bits = _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT).to(tl.int32, bitcast=True) & 0x7FFFFFFF
     cand = m & (bits >= tl.load(lo_ptr + row * L + seg))
     c = cand.to(tl.int32)
     total = tl.sum(c, axis=0)
