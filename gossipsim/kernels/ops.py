@@ -92,8 +92,10 @@ def raw_bits(comp: Compressor, n: int, width: int, device) -> torch.Tensor:
 
 
 def _seed(generator: torch.Generator | None) -> int:
+XX, so that the kernel's keys
+    seed * 2^24 + row (one stream per agent) of two calls coincide only if their seeds do."""
     gen = generator if generator is not None and generator.device.type == "cpu" else None
-    return int(torch.randint(2**31 - 1, (1,), generator=gen))
+    return int(torch.randint(2**38, (1,), generator=gen))  # seed * 2^24 + row < 2^63
 
 
 def _apply(comp: Compressor, x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, generator) -> None:

@@ -113,7 +113,7 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
               levels,
               MODE: tl.constexpr, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
     # q = C(r) with r = x - h (or x), then out = h + q (CHOCO: out is h, updated in place) or out = q.
-    # MODE 0 identity; 1 QSGD: scale = ||r|| tau / s, aux = s / ||r||, Philox uniforms keyed by (seed + row);
+    # MODE 0 identity; 1 QSGD: scale = ||r|| tau / s, aux = s / ||r||, Philox uniforms keyed by seed * 2^24 + row;
     # 2 sign: scale = ||r||_1 / d; 3 top-k: aux holds the threshold's bits and the ties to keep, scale the
     # number of ties in the segment's blocks before this one (see topk_select).
     row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
@@ -127,7 +127,7 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
         scale = tl.load(scale_ptr + row * L + seg)
         scaled = tl.abs(r) * inv
         level = tl.floor(scaled)
-        u = tl.rand(seed + row, cols)
+        u = tl.rand(seed * 16777216 + row, cols)  # one stream per (call, agent); agents < 2^24
         level = tl.minimum(level + tl.where(u < scaled - level, 1.0, 0.0), levels * 1.0)
         sgn = tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0))
         q = (sgn * level) * scale
@@ -161,7 +161,7 @@ def residual(x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, mode: i
 def _uniform(out_ptr, P, seed, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(out_ptr + row * P + cols, tl.rand(seed + row, cols), mask=cols < P)
+    tl.store(out_ptr + row * P + cols, tl.rand(seed * 16777216 + row, cols), mask=cols < P)
 
 
 def uniform(n: int, p: int, seed: int, device) -> torch.Tensor:
