@@ -92,7 +92,7 @@ def raw_bits(comp: Compressor, n: int, width: int, device) -> torch.Tensor:
 
 
 def _seed(generator: torch.Generator | None) -> int:
-XX, so that the kernel's keys
+    """A fresh Philox seed from torch's CPU generator (no device sync): 38 bits, so that the kernel's keys
     seed * 2^24 + row (one stream per agent) of two calls coincide only if their seeds do."""
     gen = generator if generator is not None and generator.device.type == "cpu" else None
     return int(torch.randint(2**38, (1,), generator=gen))  # seed * 2^24 + row < 2^63
