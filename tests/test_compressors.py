@@ -160,3 +160,15 @@ def test_bad_compressor_arguments():
         with pytest.raises(ConfigError, match=needle) as e:
             bad()
         assert "\n" not in str(e.value)
+
+
+def test_specs():
+    assert repr(kernels.parse("top_k:0.01")) == "top_k(0.01)"
+    assert repr(kernels.parse("qsgd:16,scaled")) == "qsgd(16, scaled)"
+    assert repr(kernels.parse("rand_k:0.05,scaled", per="layer").with_layers((3, 4))) == "rand_k(0.05, scaled)"
+    assert kernels.parse("dithered:4").encoding == "elias-golomb" and kernels.parse("sign").per == "model"
+    for bad, needle in [("topk:0.1", "unknown compressor 'topk'"), ("qsgd:x", "numbers like qsgd:16"),
+                        ("qsgd:4.5", "whole number"), ("top_k:0.1,0.2", "numbers like top_k:0.01"),
+                        ("qsgd:0", "levels")]:
+        with pytest.raises(ConfigError, match=needle):
+            kernels.parse(bad)

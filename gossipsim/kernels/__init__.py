@@ -13,6 +13,7 @@ from .compressors import (
     TopK,
     dithered,
     identity,
+    parse,
     qsgd,
     rand_k,
     sign,
@@ -22,5 +23,5 @@ from .compressors import (
 from .ops import KERNELS, backend, choco_residual, consensus_step, roundtrip
 
 __all__ = ["KERNELS", "QSGD", "Chain", "Compressor", "Dense", "Identity", "Quantized", "RandK", "Sign", "Sparse",
-           "TopK", "backend", "choco_residual", "consensus_step", "dithered", "identity", "qsgd", "rand_k",
+           "TopK", "backend", "choco_residual", "consensus_step", "dithered", "identity", "parse", "qsgd", "rand_k",
            "roundtrip", "sign", "top_k", "top_k_qsgd"]

@@ -416,3 +416,42 @@ def dithered(levels: int = 16, per: str = "model", encoding: str = "elias-golomb
     """MALCOM-PSGD's residual quantizer: unbiased QSGD-style dithered (stochastically rounded) uniform
     quantization of the normalized residual, source-coded with run lengths (Golomb) and counts (Elias)."""
     return QSGD(per=per, levels=levels, scaled=False, encoding=encoding, **kw)
+
+
+# name -> (factory of the numbers after ':' and the word `scaled`, an example)
+SPECS = {
+    "identity": (lambda nums, scaled, **kw: identity(**kw), "identity"),
+    "top_k": (lambda nums, scaled, **kw: top_k(*nums, **kw), "top_k:0.01"),
+    "rand_k": (lambda nums, scaled, **kw: rand_k(*nums, scaled=scaled, **kw), "rand_k:0.01,scaled"),
+    "qsgd": (lambda nums, scaled, **kw: qsgd(*map(_whole, nums), scaled=scaled, **kw), "qsgd:16,scaled"),
+    "sign": (lambda nums, scaled, **kw: sign(**kw), "sign"),
+    "top_k_qsgd": (lambda nums, scaled, **kw: top_k_qsgd(*nums[:1], *map(_whole, nums[1:]), scaled=scaled, **kw),
+                   "top_k_qsgd:0.01,16"),
+    "dithered": (lambda nums, scaled, **kw: dithered(*map(_whole, nums), **kw), "dithered:4"),
+}
+
+
+def _whole(v: float) -> int:
+    if v != int(v):
+        raise ConfigError(f"quantization levels must be a whole number, got {v:g}")
+    return int(v)
+
+
+def parse(spec: str, per: str = "model") -> Compressor:
+    """A compressor from its spec, as config files and the command line write it: `top_k:0.01`, `qsgd:16,scaled`,
+    `rand_k:0.05`, `sign`, `identity`, `top_k_qsgd:0.01,16`, `dithered:4`."""
+    name, _, rest = spec.strip().partition(":")
+    if name not in SPECS:
+        accepted = ", ".join(example for _, example in SPECS.values())
+        raise ConfigError(f"unknown compressor {name!r}; accepted: {accepted}")
+    build, example = SPECS[name]
+    words = [w.strip() for w in rest.split(",") if w.strip()]
+    scaled = "scaled" in words
+    try:
+        nums = [float(w) for w in words if w != "scaled"]
+    except ValueError:
+        raise ConfigError(f"compressor {spec!r}: expected numbers like {example}") from None
+    try:
+        return build(nums, scaled, per=per)
+    except TypeError:  # too many numbers for the factory
+        raise ConfigError(f"compressor {spec!r}: expected numbers like {example}") from None

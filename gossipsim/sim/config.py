@@ -37,12 +37,16 @@ def key(default: Any, help: str) -> Any:
 class Config:
     """One experiment. Field names are the config-file and command-line keys."""
 
-    algorithm: str = key("dsgd", "a registered algorithm: dsgd, dpsgd, allreduce, local, ...")
+    algorithm: str = key("dsgd", "a registered algorithm: dsgd, dpsgd, allreduce, local, choco, choco_parallel")
     topology: str = key("ring", "ring, torus, grid, dyck, petersen, complete, star, hypercube, exponential, "
                                 "erdos_renyi:P, random_regular:D, small_world:K,P (size from agents; or ring:16, ...); "
                                 "time-varying: one_peer_exponential, random_matching, or BASE+fail:P, "
                                 "BASE+matcha:CB, BASE+rotate")
     weights: str = key("metropolis", "mixing weights: metropolis | uniform | max_degree | laplacian")
+    compressor: str = key("identity", "what CHOCO agents send: identity, top_k:F, rand_k:F[,scaled], qsgd:S[,scaled], "
+                                      "sign, top_k_qsgd:F,S, dithered:S")
+    compress_per: str = key("model", "compress each agent's whole model or each layer alone: model | layer")
+    gamma: float = key(0.5, "consensus step size (CHOCO)")
     agents: int = key(16, "number of agents N")
     rounds: int = key(300, "communication rounds (one local step each)")
     lr: float = key(0.1, "learning rate")
@@ -86,6 +90,10 @@ class Config:
         _choice("algorithm", self.algorithm, algorithms.names())
         _choice("topology", self.topology.partition("+")[0].partition(":")[0], TOPOLOGIES)
         _choice("weights", self.weights, WEIGHTS)
+        _choice("compress_per", self.compress_per, ("model", "layer"))
+        from ..kernels import parse as parse_compressor
+
+        parse_compressor(self.compressor)  # a bad spec fails here, before any data is loaded
         _choice("dataset", self.dataset, DATASETS)
         _choice("model", self.model, models.names())
         _choice("partition", self.partition, PARTITIONS)

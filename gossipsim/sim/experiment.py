@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .. import graphs
+from .. import graphs, kernels
 from . import algorithms, data, local, models
 from .config import Config
 from .engine import Engine
@@ -36,7 +36,7 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     accepted = inspect.signature(models.MODELS[cfg.model]).parameters
     factory = functools.partial(models.make, cfg.model, **{k: v for k, v in model_args.items() if k in accepted})
     model = StackedModel(factory, cfg.agents, backend=cfg.backend, chunk_size=cfg.chunk_size or None, bn=cfg.bn)
-    algo = algorithms.make(cfg.algorithm, **_hyper(cfg))
+    algo = algorithms.make(cfg.algorithm, **_hyper(cfg, model))
     safe = re.sub(r"[^A-Za-z0-9.]+", "_", topo.name).strip("_")  # matcha(ring8, budget=0.5) -> matcha_ring8_budget_0.5
     out = cfg.out or f"runs/{cfg.algorithm}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
     kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
@@ -46,12 +46,15 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     return Engine(model, algo, topo, train, test, part, **kwargs)
 
 
-def _hyper(cfg: Config) -> dict[str, Any]:
+def _hyper(cfg: Config, model: StackedModel) -> dict[str, Any]:
     schedule = {"constant": lambda: local.constant(cfg.lr),
                 "multistep": lambda: local.multistep(cfg.lr, cfg.milestones, cfg.lr_factor),
                 "cosine": lambda: local.cosine(cfg.lr, cfg.rounds)}[cfg.lr_schedule]()
+    compressor = kernels.parse(cfg.compressor, per=cfg.compress_per)
+    if cfg.compress_per == "layer":
+        compressor = compressor.with_layers(model.param_sizes)
     hyper = dict(lr=local.warmup(schedule, cfg.warmup), momentum=cfg.momentum, nesterov=cfg.nesterov,
-                 weight_decay=cfg.weight_decay)
+                 weight_decay=cfg.weight_decay, gamma=cfg.gamma, compressor=compressor)
     accepted = algorithms.hyperparameters(cfg.algorithm)
     return {k: v for k, v in hyper.items() if k in accepted}
 

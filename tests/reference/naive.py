@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-ALGORITHMS = ("dsgd", "dpsgd", "allreduce", "local")
+ALGORITHMS = ("dsgd", "dpsgd", "allreduce", "local", "choco", "choco_parallel")
 
 
 class NaiveSimulator:
@@ -22,10 +22,13 @@ class NaiveSimulator:
     def __init__(self, factory: Callable[[], nn.Module], W: torch.Tensor, algorithm: str, *, lr: float,
                  momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  x0: torch.Tensor | None = None, buf0: torch.Tensor | None = None, bn: str = "local",
-                 dtype: torch.dtype = torch.float64):
+                 dtype: torch.dtype = torch.float64, gamma: float = 0.5, compressor=None):
         assert algorithm in ALGORITHMS
         self.W, self.algorithm, self.bn = W.to(dtype), algorithm, bn
         self.n = W.shape[0]
+        self.gamma, self.compressor = gamma, compressor
+        self.x_hat = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
+        self.s = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
         self.agents = [factory().to(dtype) for _ in range(self.n)]
         for i, m in enumerate(self.agents):
             if x0 is not None:
@@ -71,7 +74,9 @@ class NaiveSimulator:
         for opt in self.opts:
             opt.step()
         new = [parameters_to_vector(m.parameters()).detach().clone() for m in self.agents]
-        if self.algorithm == "dsgd":
+        if self.algorithm in ("choco", "choco_parallel"):
+            mixed = self.choco(new)
+        elif self.algorithm == "dsgd":
             mixed = self.gossip(new)
         elif self.algorithm == "dpsgd":
             mixed = [avg + (n - o) for avg, n, o in zip(self.gossip(old), new, old)]  # W x - lr d
@@ -83,6 +88,36 @@ class NaiveSimulator:
             for m, b in zip(self.agents, self.gossip([buffers_vector(m) for m in self.agents])):
                 _set_buffers(m, b)
         return losses
+
+    def compress(self, r: torch.Tensor) -> torch.Tensor:
+        """One agent's message C(r), as its neighbours reconstruct it."""
+        if self.compressor is None:
+            return r.clone()
+        return self.compressor.roundtrip(r.unsqueeze(0))[0][0]
+
+    def choco(self, half: list[torch.Tensor]) -> list[torch.Tensor]:
+        """CHOCO's public copies and consensus step, agent by agent and edge by edge (ALGORITHMS.md 2.3)."""
+        g = self.gamma
+        if self.algorithm == "choco":
+            for i in range(self.n):
+                self.x_hat[i] = self.x_hat[i] + self.compress(half[i] - self.x_hat[i])
+            out = []
+            for i in range(self.n):
+                acc = half[i].clone()
+                for j in self.neighbours(i):
+                    acc = acc + g * self.W[i, j] * (self.x_hat[j] - self.x_hat[i])
+                out.append(acc)
+            return out
+        # the official code's order: correct with last round's copies, then send C(y - x_hat)
+        ys = [h + g * (s - xh) for h, s, xh in zip(half, self.s, self.x_hat)]
+        qs = [self.compress(y - xh) for y, xh in zip(ys, self.x_hat)]
+        for i in range(self.n):
+            self.x_hat[i] = self.x_hat[i] + qs[i]
+            acc = self.W[i, i] * qs[i]
+            for j in self.neighbours(i):
+                acc = acc + self.W[i, j] * qs[j]
+            self.s[i] = self.s[i] + acc
+        return ys
 
     def x(self) -> torch.Tensor:
         """The agents' parameters stacked (N, P)."""

@@ -1,0 +1,90 @@
+"""CHOCO-SGD: decentralized SGD with compressed gossip and error feedback through public copies.
+
+Papers: Koloskova, Stich, Jaggi, "Decentralized Stochastic Optimization and Gossip Algorithms with
+Compressed Communication", arXiv 1902.00340; Koloskova, Lin, Stich, Jaggi, "Decentralized Deep Learning
+with Arbitrary Communication Compression", arXiv 1907.09356 (Algorithm 1, the deep-learning version).
+
+`choco`, the paper's order (ALGORITHMS.md 2.3):
+
+    X^{t+1/2} = X^t - lr D(X^t)                    # D: the local optimizer's direction
+    X_hat    += C(X^{t+1/2} - X_hat)               # each agent sends C(.) to its neighbours
+    X^{t+1}   = X^{t+1/2} + gamma (W - I) X_hat
+
+`choco_parallel`, the official code's order (epfml/ChocoSGD `parallel_choco`): the consensus correction
+uses the public copies of the previous round, so communication can overlap computation:
+
+    Y      = X^t - lr D(X^t) + gamma (S - X_hat)   # S = sum_j w_ij x_hat_j, kept by each agent
+    Q      = C(Y - X_hat);  X_hat += Q;  S += W Q;  X^{t+1} = Y
+
+X_hat and S start at 0. Communication: one compressed message per agent to each active neighbour, its
+bits from the compressor's encoding. State tensors are updated in place: no (N, P) temporaries a round
+besides the compressor's.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ... import kernels
+from ..local import LocalSGD, as_schedule
+from .base import Round, register
+
+
+class ChocoState(NamedTuple):
+    x: torch.Tensor  # (N, P)
+    x_hat: torch.Tensor  # (N, P) public copies: what every neighbour knows of agent i
+    s: torch.Tensor | None  # (N, P) W x_hat, kept by choco_parallel only
+    buf: torch.Tensor | None  # (N, P) local momentum, None without momentum
+
+
+def _descend(x: torch.Tensor, d: torch.Tensor, lr_t) -> torch.Tensor:
+    """x -= lr_t d in place (lr_t a number, or a 0-dim tensor from a schedule)."""
+    return x.sub_(lr_t * d) if torch.is_tensor(lr_t) else x.sub_(d, alpha=lr_t)
+
+
+def _parts(lr, momentum, nesterov, weight_decay, compressor):
+    comp = kernels.identity() if compressor is None else compressor
+    if not isinstance(comp, kernels.Compressor):
+        raise TypeError(f"compressor must be a gossipsim.kernels.Compressor, got {type(comp).__name__}")
+    return LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr), comp
+
+
+@register("choco")
+def choco(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, momentum: float = 0.0,
+          nesterov: bool = False, weight_decay: float = 0.0):
+    opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
+
+    def init(x0: torch.Tensor) -> ChocoState:
+        return ChocoState(x0.clone(), torch.zeros_like(x0), None, opt.init(x0))
+
+    def step(state: ChocoState, rnd: Round):
+        loss, g = rnd.grad(state.x)  # (N,), (N, P)
+        d, buf = opt.direction(state.x, g, state.buf)
+        x = _descend(state.x, d, schedule(rnd.t))  # X^{t+1/2}
+        bits = kernels.choco_residual(x, state.x_hat, comp)  # x_hat += C(x - x_hat); (N,) bits a message
+        kernels.consensus_step(x, state.x_hat, rnd.mixing, gamma)  # x += gamma (W x_hat - x_hat)
+        return ChocoState(x, state.x_hat, None, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
+
+    return init, step
+
+
+@register("choco_parallel")
+def choco_parallel(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, momentum: float = 0.0,
+                   nesterov: bool = False, weight_decay: float = 0.0):
+    opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
+
+    def init(x0: torch.Tensor) -> ChocoState:
+        return ChocoState(x0.clone(), torch.zeros_like(x0), torch.zeros_like(x0), opt.init(x0))
+
+    def step(state: ChocoState, rnd: Round):
+        loss, g = rnd.grad(state.x)
+        d, buf = opt.direction(state.x, g, state.buf)
+        y = _descend(state.x, d, schedule(rnd.t))
+        y.add_(state.s - state.x_hat, alpha=gamma)  # last round's public copies: stale by one round
+        q, bits = comp.roundtrip(y - state.x_hat)  # (N, P), (N,)
+        state.x_hat.add_(q)
+        state.s.add_(rnd.mixing(q))
+        return ChocoState(y, state.x_hat, state.s, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
+
+    return init, step

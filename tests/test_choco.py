@@ -1,0 +1,67 @@
+"""CHOCO-SGD (paper order and the official code's order) against the naive per-agent simulator, in float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gossipsim import graphs, kernels, sim
+from gossipsim.sim.model import StackedModel
+from tests.test_engine_reference import CLASSES, B, N, bn_cnn, irregular_W, mlp, run_both
+
+MLP_LAYERS = tuple(p.numel() for p in mlp().parameters())
+
+COMPRESSORS = {
+    "identity": lambda: kernels.identity(),
+    "top_k": lambda: kernels.top_k(0.3),
+    "top_k_per_layer": lambda: kernels.top_k(0.2, per="layer").with_layers(MLP_LAYERS),
+    "sign": lambda: kernels.sign(),
+    "sign_per_layer": lambda: kernels.sign(per="layer").with_layers(MLP_LAYERS),
+}
+
+
+@pytest.mark.parametrize("algorithm", ["choco", "choco_parallel"])
+@pytest.mark.parametrize("comp", list(COMPRESSORS))
+def test_matches_naive_simulator(algorithm, comp, fresh_seed):
+    state, _, naive = run_both(mlp, algorithm, irregular_W(), "vmap", fresh_seed, lr=0.05, momentum=0.9,
+                               nesterov=True, weight_decay=1e-3, gamma=0.4, compressor=COMPRESSORS[comp]())
+    torch.testing.assert_close(state.x, naive.x(), rtol=1e-9, atol=1e-11, msg=lambda m: f"seed {fresh_seed}: {m}")
+    torch.testing.assert_close(state.x_hat, torch.stack(naive.x_hat), rtol=1e-9, atol=1e-11)
+
+
+def test_with_batchnorm_and_a_learning_rate_schedule(fresh_seed):
+    state, buffers, naive = run_both(bn_cnn, "choco", irregular_W(), "loop", fresh_seed, lr=0.05,
+                                     gamma=0.7, compressor=kernels.top_k(0.5))
+    torch.testing.assert_close(state.x, naive.x(), rtol=1e-9, atol=1e-11, msg=lambda m: f"seed {fresh_seed}: {m}")
+    torch.testing.assert_close(buffers, naive.buffers(), rtol=1e-9, atol=1e-11)
+
+
+def test_identity_compressor_and_gamma_one_is_atc_dsgd(fresh_seed):
+    """DESIGN's identity: CHOCO with C = I and gamma = 1 gives x_hat = X^{t+1/2}, so X^{t+1} = W X^{t+1/2}."""
+    choco, _, _ = run_both(mlp, "choco", irregular_W(), "vmap", fresh_seed, lr=0.1, momentum=0.9, gamma=1.0,
+                           compressor=kernels.identity())
+    dsgd, _, _ = run_both(mlp, "dsgd", irregular_W(), "vmap", fresh_seed, lr=0.1, momentum=0.9)
+    torch.testing.assert_close(choco.x, dsgd.x, rtol=1e-12, atol=1e-13, msg=lambda m: f"seed {fresh_seed}: {m}")
+
+
+@pytest.mark.parametrize("algorithm", ["choco", "choco_parallel"])
+def test_bits_mean_and_state(algorithm, fresh_seed):
+    model = StackedModel(mlp, N, backend="vmap")
+    x0, buf0 = model.init(fresh_seed)
+    comp = kernels.top_k(0.1)
+    algo = sim.algorithms.make(algorithm, lr=0.1, gamma=0.5, compressor=comp)
+    state = algo.init(x0)
+    M = graphs.ring(N).mixing(0)
+    xb, yb = torch.randn(N, B, 1, 6, 6), torch.randint(0, CLASSES, (N, B))
+    oracle = lambda x: model.grad(x, buf0, xb, yb)[:2]  # noqa: E731
+    state, stats = algo.step(state, sim.Round(torch.tensor(0), oracle, M))
+    p = x0.shape[1]
+    k = int(0.1 * p)
+    per_message = k * (32 + (p - 1).bit_length())
+    assert stats["bits"].tolist() == [2.0 * per_message] * N  # a ring: two neighbours each
+    assert state.x.dtype == state.x_hat.dtype == torch.float32 and state.x.shape == x0.shape
+    assert not torch.equal(state.x, x0) and x0.abs().sum() > 0  # init cloned x0: the caller's tensor is untouched
+
+
+def test_bad_compressor_argument():
+    with pytest.raises(TypeError, match="Compressor"):
+        sim.algorithms.make("choco", lr=0.1, compressor="top_k")
