@@ -65,3 +65,15 @@ def test_bits_mean_and_state(algorithm, fresh_seed):
 def test_bad_compressor_argument():
     with pytest.raises(TypeError, match="Compressor"):
         sim.algorithms.make("choco", lr=0.1, compressor="top_k")
+
+
+def test_from_the_command_line(tmp_path, capsys):
+    from gossipsim.sim.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--algorithm=choco", "--compressor=top_k:0.1", "--compress_per=layer", "--gamma=0.3",
+                 "--agents=4", "--rounds=4", "--eval_every=4", "--batch_size=8", "--progress=false", f"--out={out}"]) == 0
+    summary = (out / "summary.json").read_text()
+    assert '"algorithm": "choco"' in summary
+    assert main(["run", "--algorithm=choco", "--compressor=top_k:2", f"--out={out}2"]) == 2
+    assert "top_k fraction kept must be in (0, 1], got 2.0" in capsys.readouterr().err
