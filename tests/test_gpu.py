@@ -51,10 +51,15 @@ def test_vmap_oracle_on_cuda_equals_loop(model, kwargs, fresh_seed):
     torch.testing.assert_close(bv, bl, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("topology", ["ring", "ring+matcha:0.5", "random_matching"])
-def test_a_run_on_cuda_learns(topology, tmp_path):
+@pytest.mark.parametrize("topology,algorithm,compressor,gamma", [
+    ("ring", "dsgd", "identity", 0.5), ("ring+matcha:0.5", "dsgd", "identity", 0.5),
+    ("random_matching", "dsgd", "identity", 0.5), ("ring", "choco", "top_k:0.05", 0.5),
+    ("ring", "choco", "sign", 0.5), ("torus", "choco", "qsgd:16,scaled", 0.05),
+    ("ring", "choco_parallel", "top_k:0.05", 0.5)])
+def test_a_run_on_cuda_learns(topology, algorithm, compressor, gamma, tmp_path):
     cfg = Config(device="cuda", topology=topology, agents=8, rounds=60, eval_every=60, lr=0.1,
-                 out=str(tmp_path / "run"), progress=False)
+                 algorithm=algorithm, compressor=compressor, gamma=gamma, out=str(tmp_path / "run"),
+                 progress=False)
     engine = experiment.build(cfg)
     rows = engine.run(cfg.rounds)
     assert engine.state.x.is_cuda
