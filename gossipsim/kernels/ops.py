@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ConfigError
 from . import bits as B
-from .compressors import QSGD, Compressor, Identity, Sign, TopK, expand
+from .compressors import QSGD, Compressor, Identity, Sign, TopK
 
 KERNELS = ("torch", "triton")
 
@@ -161,4 +161,4 @@ def gossip(idx: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _triton().mix(y.contiguous(), idx, w)
 
 
-__all__ = ["KERNELS", "backend", "choco_residual", "consensus_step", "expand", "gossip", "roundtrip"]
+__all__ = ["KERNELS", "backend", "choco_residual", "consensus_step", "gossip", "roundtrip"]
