@@ -72,7 +72,8 @@ def test_from_the_command_line(tmp_path, capsys):
 
     out = tmp_path / "run"
     assert main(["run", "--algorithm=choco", "--compressor=top_k:0.1", "--compress_per=layer", "--gamma=0.3",
-                 "--agents=4", "--rounds=4", "--eval_every=4", "--batch_size=8", "--progress=false", f"--out={out}"]) == 0
+                 "--agents=4", "--rounds=4", "--eval_every=4", "--batch_size=8", "--progress=false",
+                 f"--out={out}"]) == 0
     summary = (out / "summary.json").read_text()
     assert '"algorithm": "choco"' in summary
     assert main(["run", "--algorithm=choco", "--compressor=top_k:2", f"--out={out}2"]) == 2
