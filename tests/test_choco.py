@@ -1,4 +1,5 @@
-"""CHOCO-SGD (paper order and the official code's order) against the naive per-agent simulator, in float64."""
+"""CHOCO-SGD (paper order and the official code's order) and AdaGossip against the naive per-agent simulator,
+in float64."""
 from __future__ import annotations
 
 import pytest
@@ -78,3 +79,21 @@ def test_from_the_command_line(tmp_path, capsys):
     assert '"algorithm": "choco"' in summary
     assert main(["run", "--algorithm=choco", "--compressor=top_k:2", f"--out={out}2"]) == 2
     assert "top_k fraction kept must be in (0, 1], got 2.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("comp", ["identity", "top_k", "sign_per_layer"])
+def test_adagossip_matches_naive_simulator(comp, fresh_seed):
+    state, _, naive = run_both(mlp, "adagossip", irregular_W(), "vmap", fresh_seed, lr=0.05, momentum=0.9,
+                               nesterov=True, weight_decay=1e-3, gamma=0.05, beta=0.9,
+                               compressor=COMPRESSORS[comp]())
+    torch.testing.assert_close(state.x, naive.x(), rtol=1e-9, atol=1e-11, msg=lambda m: f"seed {fresh_seed}: {m}")
+    torch.testing.assert_close(state.u, torch.stack(naive.u), rtol=1e-9, atol=1e-15)
+
+
+def test_adagossip_with_a_huge_gamma_is_choco_with_gamma_one(fresh_seed):
+    # a huge gamma: every step clips to 1, which is CHOCO with gamma = 1
+    ada, _, _ = run_both(mlp, "adagossip", irregular_W(), "vmap", fresh_seed, lr=0.05, gamma=1e6,
+                         compressor=kernels.top_k(0.3))
+    cho, _, _ = run_both(mlp, "choco", irregular_W(), "vmap", fresh_seed, lr=0.05, gamma=1.0,
+                         compressor=kernels.top_k(0.3))
+    torch.testing.assert_close(ada.x, cho.x, rtol=1e-12, atol=1e-13)

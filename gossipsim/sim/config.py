@@ -37,7 +37,8 @@ def key(default: Any, help: str) -> Any:
 class Config:
     """One experiment. Field names are the config-file and command-line keys."""
 
-    algorithm: str = key("dsgd", "a registered algorithm: dsgd, dpsgd, allreduce, local, choco, choco_parallel")
+    algorithm: str = key("dsgd", "a registered algorithm: dsgd, dpsgd, allreduce, local, choco, choco_parallel, "
+                                 "adagossip")
     topology: str = key("ring", "ring, torus, grid, dyck, petersen, complete, star, hypercube, exponential, "
                                 "erdos_renyi:P, random_regular:D, small_world:K,P (size from agents; or ring:16, ...); "
                                 "time-varying: one_peer_exponential, random_matching, or BASE+fail:P, "
@@ -46,7 +47,7 @@ class Config:
     compressor: str = key("identity", "what CHOCO agents send: identity, top_k:F, rand_k:F[,scaled], qsgd:S[,scaled], "
                                       "sign, top_k_qsgd:F,S, dithered:S")
     compress_per: str = key("model", "compress each agent's whole model or each layer alone: model | layer")
-    gamma: float = key(0.5, "consensus step size (CHOCO)")
+    gamma: float = key(0.5, "consensus step size (CHOCO; AdaGossip's base step)")
     agents: int = key(16, "number of agents N")
     rounds: int = key(300, "communication rounds (one local step each)")
     lr: float = key(0.1, "learning rate")

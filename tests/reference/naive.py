@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-ALGORITHMS = ("dsgd", "dpsgd", "allreduce", "local", "choco", "choco_parallel")
+ALGORITHMS = ("dsgd", "dpsgd", "allreduce", "local", "choco", "choco_parallel", "adagossip")
 
 
 class NaiveSimulator:
@@ -22,11 +22,13 @@ class NaiveSimulator:
     def __init__(self, factory: Callable[[], nn.Module], W: torch.Tensor, algorithm: str, *, lr: float,
                  momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  x0: torch.Tensor | None = None, buf0: torch.Tensor | None = None, bn: str = "local",
-                 dtype: torch.dtype = torch.float64, gamma: float = 0.5, compressor=None):
+                 dtype: torch.dtype = torch.float64, gamma: float = 0.5, compressor=None, beta: float = 0.999,
+                 eps: float = 1e-8):
         assert algorithm in ALGORITHMS
         self.W, self.algorithm, self.bn = W.to(dtype), algorithm, bn
         self.n = W.shape[0]
-        self.gamma, self.compressor = gamma, compressor
+        self.gamma, self.compressor, self.beta, self.eps, self.t = gamma, compressor, beta, eps, 0
+        self.u = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
         self.x_hat = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
         self.s = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
         self.agents = [factory().to(dtype) for _ in range(self.n)]
@@ -74,7 +76,9 @@ class NaiveSimulator:
         for opt in self.opts:
             opt.step()
         new = [parameters_to_vector(m.parameters()).detach().clone() for m in self.agents]
-        if self.algorithm in ("choco", "choco_parallel"):
+        if self.algorithm == "adagossip":
+            mixed = self.adagossip(new)
+        elif self.algorithm in ("choco", "choco_parallel"):
             mixed = self.choco(new)
         elif self.algorithm == "dsgd":
             mixed = self.gossip(new)
@@ -118,6 +122,21 @@ class NaiveSimulator:
                 acc = acc + self.W[i, j] * qs[j]
             self.s[i] = self.s[i] + acc
         return ys
+
+    def adagossip(self, half: list[torch.Tensor]) -> list[torch.Tensor]:
+        """AdaGossip (ALGORITHMS.md 3): CHOCO's copies, then a per-parameter step from the gossip error."""
+        self.t += 1
+        for i in range(self.n):
+            self.x_hat[i] = self.x_hat[i] + self.compress(half[i] - self.x_hat[i])
+        out = []
+        for i in range(self.n):
+            e = torch.zeros_like(half[i])
+            for j in self.neighbours(i):
+                e = e + self.W[i, j] * (self.x_hat[j] - self.x_hat[i])
+            self.u[i] = self.beta * self.u[i] + (1 - self.beta) * e * e
+            step = torch.clamp(self.gamma / (torch.sqrt(self.u[i] / (1 - self.beta**self.t)) + self.eps), max=1.0)
+            out.append(half[i] + step * e)
+        return out
 
     def x(self) -> torch.Tensor:
         """The agents' parameters stacked (N, P)."""
