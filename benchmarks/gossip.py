@@ -12,7 +12,6 @@ shows whether the sparse paths cost linear in N deg P: it should stay flat acros
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import arguments, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from gossipsim import graphs  # noqa: E402
 from gossipsim.graphs.mixing import Mixing  # noqa: E402
@@ -42,14 +41,7 @@ def paths(topo) -> dict[str, Mixing]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--agents", default=None)
-    ap.add_argument("--params", default=None)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--min-time", type=float, default=None, help="seconds of repeats per measurement")
-    ap.add_argument("--json", default=str(Path(__file__).with_name("gossip.json")))
-    args = ap.parse_args()
+    args = arguments(__doc__, Path(__file__).with_name("gossip.json"))
     device = torch.device(args.device)
     if device.type == "cpu":
         keep_freed_memory()  # as the engine does: else every fresh output is page-faulted in

@@ -13,7 +13,6 @@ that and tops out below 100%. On a CPU only the torch column exists (Triton runs
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from timing import timed  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import arguments, timed  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 from gossipsim import graphs, kernels  # noqa: E402
 from gossipsim.kernels import ops  # noqa: E402
@@ -55,14 +54,7 @@ def cases(n: int, p: int, device):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--agents", default=None)
-    ap.add_argument("--params", default=None)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--min-time", type=float, default=None, help="seconds of repeats per measurement")
-    ap.add_argument("--json", default=str(Path(__file__).with_name("kernels.json")))
-    args = ap.parse_args()
+    args = arguments(__doc__, Path(__file__).with_name("kernels.json"))
     device = torch.device(args.device)
     if device.type == "cpu":
         keep_freed_memory()

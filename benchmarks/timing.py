@@ -1,8 +1,10 @@
-"""The one timing loop of the bandwidth benchmarks (gossip.py, kernels.py)."""
+"""What the bandwidth benchmarks (gossip.py, kernels.py) share: their arguments and their timing loop."""
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,3 +23,15 @@ def timed(fn, device: torch.device, min_time: float) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def arguments(doc: str, json_path: Path) -> argparse.Namespace:
+    """--quick, --agents, --params, --device, --min-time and --json, parsed from the command line."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--agents", default=None)
+    ap.add_argument("--params", default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--min-time", type=float, default=None, help="seconds of repeats per measurement")
+    ap.add_argument("--json", default=str(json_path))
+    return ap.parse_args()
