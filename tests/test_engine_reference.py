@@ -29,26 +29,34 @@ def irregular_W() -> torch.Tensor:
     return graphs.mixing_weights(nx.Graph([(0, 1), (1, 2), (2, 3), (3, 4), (1, 3)]))
 
 
-def run_both(factory, algorithm, W, backend, seed, bn="local", rounds=ROUNDS, **hyper):
+def run_both(factory, algorithm, W, backend, seed, bn="local", rounds=ROUNDS, same_init=False, same_data=False,
+             **hyper):
+    """Run the engine's algorithm and the naive simulator side by side in float64, checking the losses every
+    round. W: a mixing matrix (N, N), or a topology whose mixing(t) changes with the round. Random compressors
+    draw from torch's global generator, reseeded before each side's round so both see the same numbers."""
     model = StackedModel(factory, N, backend=backend, chunk_size=2, bn=bn)
-    x0, buf0 = model.init(seed, same_init=False, dtype=torch.float64)
+    x0, buf0 = model.init(seed, same_init=same_init, dtype=torch.float64)
     algo = sim.algorithms.make(algorithm, **hyper)
     state, buffers = algo.init(x0), buf0
-    naive = NaiveSimulator(factory, W, algorithm, x0=x0, buf0=buf0, bn=bn, **hyper)
-    mixing = Mixing(W)
+    topology = W if hasattr(W, "mixing") else None
+    naive = NaiveSimulator(factory, topology.mixing(0).dense() if topology else W, algorithm, x0=x0, buf0=buf0,
+                           bn=bn, **hyper)
     gen = torch.Generator().manual_seed(seed)
     for t in range(rounds):
-        xb = torch.randn(N, B, 1, 6, 6, dtype=torch.float64, generator=gen)
-        yb = torch.randint(0, CLASSES, (N, B), generator=gen)
+        mixing = topology.mixing(t) if topology else Mixing(W)
+        xb = torch.randn(1 if same_data else N, B, 1, 6, 6, dtype=torch.float64, generator=gen).expand(N, -1, -1, -1, -1)
+        yb = torch.randint(0, CLASSES, (1 if same_data else N, B), generator=gen).expand(N, -1)
         new = [buffers]
 
         def oracle(x, xb=xb, yb=yb, new=new, buffers=buffers):
             loss, g, new[0] = model.grad(x, buffers, xb, yb)
             return loss, g
 
+        torch.manual_seed(seed * 1000 + t)
         state, stats = algo.step(state, sim.Round(torch.tensor(t), oracle, mixing))
         buffers = mixing(new[0]) if bn == "gossip" else new[0]
-        losses = naive.step(xb, yb)
+        torch.manual_seed(seed * 1000 + t)
+        losses = naive.step(xb, yb, mixing.dense())
         torch.testing.assert_close(stats["loss"], torch.tensor(losses, dtype=torch.float64),
                                    rtol=1e-10, atol=1e-12, msg=lambda m, t=t: f"seed {seed}, round {t}: {m}")
     return state, buffers, naive

@@ -12,6 +12,7 @@ their lengths bit for bit.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -44,8 +45,14 @@ def sign_raw(sizes, n: int, device) -> torch.Tensor:
     return _full(n, sum(32 + d for d in sizes), device)
 
 
-def _segments(sizes, device) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _segment_table(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
+
+
+def _segments(sizes, device) -> torch.Tensor:
+    """(P,) int64: the segment of each column (cached: a compressor asks for the same one every round)."""
+    return _segment_table(tuple(sizes), torch.device(device))
 
 
 def entropy(symbols: torch.Tensor, sizes, s: int) -> torch.Tensor:
@@ -88,21 +95,20 @@ def elias_golomb(symbols: torch.Tensor, sizes, s: int) -> torch.Tensor:
     """(N,) float64: the elias-golomb length of each row's message (see the module docstring)."""
     n, width = symbols.shape
     device = symbols.device
-    L, G = len(sizes), s + 1
+    L = len(sizes)
     seg = _segments(sizes, device)  # (P,)
     starts = torch.tensor([0, *sizes], device=device).cumsum(0)[:-1]  # (L,) each segment's first column
-    mag = symbols.abs().to(torch.int64)  # (N, P)
-    counts = torch.zeros(n, L * G, dtype=torch.float64, device=device)
-    counts.scatter_add_(1, seg * G + mag, torch.ones_like(mag, dtype=torch.float64))
-    counts = counts.view(n, L, G)[:, :, 1:]  # (N, L, s) c_l for levels 1..s
+    # Only nonzero symbols carry counts and positions: a message is mostly zeros, so never touch all N P.
+    mag = symbols.abs()  # (N, P)
+    row, col = (mag != 0).nonzero(as_tuple=True)  # row-major: sorted by (row, col)
+    group = seg[col] * s + (mag[row, col].to(torch.int64) - 1)  # (nnz,) which (segment, level) an entry belongs to
+    key = row * (L * s) + group
+    counts = torch.bincount(key, minlength=n * L * s).view(n, L, s).to(torch.float64)  # c_l for levels 1..s
     header = 32.0 * L + gamma_bits(counts + 1).sum((1, 2))
     d = torch.tensor(sizes, device=device).view(1, L, 1)
     m = golomb_parameter(counts, d).view(n, L * s)  # (N, L s)
-    # Only nonzero symbols carry positions: sort them by (row, segment, level, column) to get each gap.
-    row, col = (mag != 0).nonzero(as_tuple=True)  # row-major: sorted by (row, col)
-    group = seg[col] * s + (mag[row, col] - 1)  # (nnz,) which (segment, level) an entry belongs to
-    key = (row * (L * s) + group) * width + col
-    order = torch.sort(key).indices
+    # gaps between the positions of one (row, segment, level): a stable sort by it keeps columns in order
+    order = torch.sort(key, stable=True).indices
     row, col, group = row[order], col[order], group[order]
     first = torch.ones_like(row, dtype=torch.bool)
     first[1:] = (row[1:] != row[:-1]) | (group[1:] != group[:-1])

@@ -24,6 +24,7 @@ TOPOLOGIES = tuple(SPECS)
 PARTITIONS = ("iid", "dirichlet", "shards")
 SCHEDULES = ("constant", "multistep", "cosine")
 DTYPES = ("float32", "float64")
+ALGORITHM_KEYS = ("compressor", "gamma", "beta", "eps", "c1", "c2", "p1", "p2", "every", "variant", "mu")
 
 
 def key(default: Any, help: str) -> Any:
@@ -38,16 +39,27 @@ class Config:
     """One experiment. Field names are the config-file and command-line keys."""
 
     algorithm: str = key("dsgd", "a registered algorithm: dsgd, dpsgd, allreduce, local, choco, choco_parallel, "
-                                 "adagossip")
+                                 "adagossip, matcha, al_dsgd, malcom_psgd, adacons")
     topology: str = key("ring", "ring, torus, grid, dyck, petersen, complete, star, hypercube, exponential, "
                                 "erdos_renyi:P, random_regular:D, small_world:K,P (size from agents; or ring:16, ...); "
                                 "time-varying: one_peer_exponential, random_matching, or BASE+fail:P, "
                                 "BASE+matcha:CB, BASE+rotate")
     weights: str = key("metropolis", "mixing weights: metropolis | uniform | max_degree | laplacian")
-    compressor: str = key("identity", "what CHOCO agents send: identity, top_k:F, rand_k:F[,scaled], qsgd:S[,scaled], "
-                                      "sign, top_k_qsgd:F,S, dithered:S")
+    # An algorithm's own hyperparameters: None leaves the algorithm's default (`gossipsim algorithms` lists them).
+    compressor: str | None = key(None, "what CHOCO, AdaGossip and MALCOM-PSGD agents send: identity, top_k:F, "
+                                       "rand_k:F[,scaled], qsgd:S[,scaled], sign, top_k_qsgd:F,S, dithered:S")
     compress_per: str = key("model", "compress each agent's whole model or each layer alone: model | layer")
-    gamma: float = key(0.5, "consensus step size (CHOCO; AdaGossip's base step)")
+    gamma: float | None = key(None, "consensus step size (CHOCO, AdaGossip, MALCOM-PSGD)")
+    beta: float | None = key(None, "AdaGossip: decay of the gossip error's second moment; AdaCons: momentum of "
+                                   "the sorted coefficients")
+    eps: float | None = key(None, "AdaGossip, AdaCons: the epsilon added to a square root or a norm")
+    c1: float | None = key(None, "AL-DSGD: averaging weight of the lowest-loss neighbour")
+    c2: float | None = key(None, "AL-DSGD: averaging weight of the highest-degree neighbour")
+    p1: float | None = key(None, "AL-DSGD: pull towards the lowest-loss neighbour")
+    p2: float | None = key(None, "AL-DSGD: pull towards the highest-degree neighbour")
+    every: int | None = key(None, "AL-DSGD: rounds between leader steps")
+    variant: str | None = key(None, "AL-DSGD: code (pull after averaging) | paper (lr-scaled pull in the step)")
+    mu: float | None = key(None, "MALCOM-PSGD: the l1 weight (soft threshold lr*mu)")
     agents: int = key(16, "number of agents N")
     rounds: int = key(300, "communication rounds (one local step each)")
     lr: float = key(0.1, "learning rate")
@@ -92,9 +104,10 @@ class Config:
         _choice("topology", self.topology.partition("+")[0].partition(":")[0], TOPOLOGIES)
         _choice("weights", self.weights, WEIGHTS)
         _choice("compress_per", self.compress_per, ("model", "layer"))
-        from ..kernels import parse as parse_compressor
-
-        parse_compressor(self.compressor)  # a bad spec fails here, before any data is loaded
+        self.algorithm_hyper(layers=None)  # bad or misplaced hyperparameters fail here, before any data is loaded
+        if self.algorithm == "matcha" and "+matcha:" not in self.topology:
+            raise ConfigError(f"algorithm matcha samples matchings of its topology, got topology={self.topology!r}; "
+                              f"give BASE+matcha:CB, e.g. {self.topology.partition('+')[0]}+matcha:0.5")
         _choice("dataset", self.dataset, DATASETS)
         _choice("model", self.model, models.names())
         _choice("partition", self.partition, PARTITIONS)
@@ -123,6 +136,25 @@ class Config:
             import torch
             if not torch.cuda.is_available():
                 raise ConfigError(f"device={self.device!r} but torch sees no CUDA device; use device=cpu")
+
+    def algorithm_hyper(self, layers: list[int] | None) -> dict[str, Any]:
+        """The algorithm's own hyperparameters that were set (compressor built, per layer if `layers` given);
+        one that the algorithm does not take is an error rather than silently ignored."""
+        from .. import kernels
+        from . import algorithms
+
+        accepted = algorithms.hyperparameters(self.algorithm)
+        hyper = {k: getattr(self, k) for k in ALGORITHM_KEYS if getattr(self, k) is not None}
+        for k in hyper:
+            if k not in accepted:
+                takers = [a for a in algorithms.names() if k in algorithms.hyperparameters(a)]
+                raise ConfigError(f"{self.algorithm} has no hyperparameter {k!r}; it is for {', '.join(takers)}")
+        if "compressor" in hyper:
+            hyper["compressor"] = kernels.parse(hyper["compressor"], per=self.compress_per)
+            if layers is not None and self.compress_per == "layer":
+                hyper["compressor"] = hyper["compressor"].with_layers(layers)
+        algorithms.make(self.algorithm, lr=self.lr, **hyper)  # the algorithm checks its own ranges
+        return hyper
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-ALGORITHMS = ("dsgd", "dpsgd", "allreduce", "local", "choco", "choco_parallel", "adagossip")
+ALGORITHMS = ("dsgd", "dpsgd", "allreduce", "local", "choco", "choco_parallel", "adagossip", "matcha", "al_dsgd",
+              "malcom_psgd", "adacons")
 
 
 class NaiveSimulator:
@@ -22,12 +23,17 @@ class NaiveSimulator:
     def __init__(self, factory: Callable[[], nn.Module], W: torch.Tensor, algorithm: str, *, lr: float,
                  momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  x0: torch.Tensor | None = None, buf0: torch.Tensor | None = None, bn: str = "local",
-                 dtype: torch.dtype = torch.float64, gamma: float = 0.5, compressor=None, beta: float = 0.999,
-                 eps: float = 1e-8):
+                 dtype: torch.dtype = torch.float64, gamma: float = 0.5, compressor=None, beta: float | None = None,
+                 eps: float = 1e-8, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0.2,
+                 every: int = 1, variant: str = "code", mu: float = 1e-5):
         assert algorithm in ALGORITHMS
-        self.W, self.algorithm, self.bn = W.to(dtype), algorithm, bn
+        self.algorithm, self.bn, self.dtype, self.lr = algorithm, bn, dtype, lr
+        self.set_W(W)
         self.n = W.shape[0]
+        beta = beta if beta is not None else 0.99 if algorithm == "adacons" else 0.999
         self.gamma, self.compressor, self.beta, self.eps, self.t = gamma, compressor, beta, eps, 0
+        self.c1, self.c2, self.p1, self.p2, self.every, self.variant, self.mu = c1, c2, p1, p2, every, variant, mu
+        self.m: list[float] | None = None  # AdaCons' momentum of the sorted coefficients
         self.u = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
         self.x_hat = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
         self.s = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
@@ -37,13 +43,16 @@ class NaiveSimulator:
                 vector_to_parameters(x0[i].clone(), m.parameters())
             if buf0 is not None and buf0.shape[1]:
                 _set_buffers(m, buf0[i])
-            if algorithm == "allreduce":  # centralized SGD starts from the average model
+            if algorithm in ("allreduce", "adacons"):  # centralized SGD starts from the average model
                 vector_to_parameters(x0.mean(0).clone(), m.parameters())
         self.opts = [torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
                                      weight_decay=weight_decay) for m in self.agents]
 
-        # Each agent knows its neighbour list, as a real deployment does; found once, not every round.
-        self._neighbours = [[j for j in range(self.n) if j != i and self.W[i, j] != 0] for i in range(self.n)]
+
+    def set_W(self, W: torch.Tensor) -> None:
+        """This round's mixing matrix. Each agent knows its neighbour list, as a real deployment does."""
+        self.W = W.to(self.dtype)
+        self._neighbours = [[j for j in range(W.shape[0]) if j != i and self.W[i, j] != 0] for i in range(W.shape[0])]
 
     def neighbours(self, i: int) -> list[int]:
         return self._neighbours[i]
@@ -58,8 +67,11 @@ class NaiveSimulator:
             out.append(acc)
         return out
 
-    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> list[float]:
-        """One round on per-agent batches xb (N, B, ...), yb (N, B); returns the per-agent losses."""
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, W: torch.Tensor | None = None) -> list[float]:
+        """One round on per-agent batches xb (N, B, ...), yb (N, B), over W (this round's, if given);
+        returns the per-agent losses."""
+        if W is not None:
+            self.set_W(W)
         losses = []
         for m, opt, x, y in zip(self.agents, self.opts, xb, yb):
             m.train()
@@ -73,14 +85,21 @@ class NaiveSimulator:
                 mean = sum(p.grad for p in ps) / self.n
                 for p in ps:
                     p.grad = mean.clone()
+        if self.algorithm == "adacons":
+            self.adacons()
         for opt in self.opts:
             opt.step()
         new = [parameters_to_vector(m.parameters()).detach().clone() for m in self.agents]
-        if self.algorithm == "adagossip":
+        self.t += 1
+        if self.algorithm == "al_dsgd":
+            mixed = self.al_dsgd(old, new, losses)
+        elif self.algorithm == "malcom_psgd":
+            mixed = [_soft_threshold(v, self.lr * self.mu) for v in self.choco(new)]
+        elif self.algorithm == "adagossip":
             mixed = self.adagossip(new)
         elif self.algorithm in ("choco", "choco_parallel"):
             mixed = self.choco(new)
-        elif self.algorithm == "dsgd":
+        elif self.algorithm in ("dsgd", "matcha"):
             mixed = self.gossip(new)
         elif self.algorithm == "dpsgd":
             mixed = [avg + (n - o) for avg, n, o in zip(self.gossip(old), new, old)]  # W x - lr d
@@ -102,7 +121,7 @@ class NaiveSimulator:
     def choco(self, half: list[torch.Tensor]) -> list[torch.Tensor]:
         """CHOCO's public copies and consensus step, agent by agent and edge by edge (ALGORITHMS.md 2.3)."""
         g = self.gamma
-        if self.algorithm == "choco":
+        if self.algorithm in ("choco", "malcom_psgd"):
             for i in range(self.n):
                 self.x_hat[i] = self.x_hat[i] + self.compress(half[i] - self.x_hat[i])
             out = []
@@ -125,7 +144,6 @@ class NaiveSimulator:
 
     def adagossip(self, half: list[torch.Tensor]) -> list[torch.Tensor]:
         """AdaGossip (ALGORITHMS.md 3): CHOCO's copies, then a per-parameter step from the gossip error."""
-        self.t += 1
         for i in range(self.n):
             self.x_hat[i] = self.x_hat[i] + self.compress(half[i] - self.x_hat[i])
         out = []
@@ -138,6 +156,57 @@ class NaiveSimulator:
             out.append(half[i] + step * e)
         return out
 
+    def leader(self, i: int, score: list[float]) -> int:
+        """The agent of lowest score among i and its neighbours, i first, then neighbours in index order."""
+        best = i
+        for j in self.neighbours(i):
+            if score[j] < score[best]:
+                best = j
+        return best
+
+    def al_dsgd(self, old: list[torch.Tensor], half: list[torch.Tensor], losses: list[float]) -> list[torch.Tensor]:
+        """AL-DSGD (ALGORITHMS.md 5), agent by agent: leaders by loss and by degree, then the code's weighted
+        average and pull, or the paper's lr-scaled pull in the local step."""
+        degrees = [-len(self.neighbours(i)) for i in range(self.n)]
+        best = [self.leader(i, losses) for i in range(self.n)]
+        hub = [self.leader(i, degrees) for i in range(self.n)]
+        lead = [(self.t - 1) % self.every == 0 and len(self.neighbours(i)) > 0 for i in range(self.n)]
+        c1, c2, p1, p2 = self.c1, self.c2, self.p1, self.p2
+        if self.variant == "paper":
+            half = [h - self.lr * (p1 * (o - old[best[i]]) + p2 * (o - old[hub[i]])) if lead[i] else h
+                    for i, (h, o) in enumerate(zip(half, old))]
+        out = []
+        for i, y in enumerate(self.gossip(half)):
+            if not lead[i]:
+                out.append(y)
+                continue
+            z = (1 - c1 - c2) * y + c1 * half[best[i]] + c2 * half[hub[i]]
+            if self.variant == "code":
+                z = z - p1 * (z - half[best[i]]) - p2 * (z - half[hub[i]])
+            out.append(z)
+        return out
+
+    def adacons(self) -> None:
+        """AdaCons (ALGORITHMS.md 7): replace every agent's gradient by the adaptive consensus aggregate."""
+        grads = [torch.cat([p.grad.reshape(-1) for p in m.parameters()]) for m in self.agents]
+        mean = sum(grads) / self.n
+        norms = [float(torch.linalg.vector_norm(g)) + self.eps for g in grads]
+        a = [float(mean @ g) / nrm for g, nrm in zip(grads, norms)]
+        order = sorted(range(self.n), key=lambda i: a[i])  # stable, as torch.sort(stable=True)
+        ranked = [a[i] for i in order]
+        self.m = ranked if self.m is None else [self.beta * m + (1 - self.beta) * r for m, r in zip(self.m, ranked)]
+        w = [0.0] * self.n
+        for k, i in enumerate(order):
+            w[i] = self.m[k]  # the agent with the k-th smallest coefficient gets the k-th smoothed one
+        total = sum(w)
+        if total > 1e-3 * sum(abs(v) for v in w):
+            scale = sum(norms) / self.n
+            agg = sum(wi / total * scale / nrm * g for wi, nrm, g in zip(w, norms, grads))
+        else:
+            agg = mean
+        for m in self.agents:
+            vector_to_parameters(agg.clone(), [p.grad for p in m.parameters()])
+
     def x(self) -> torch.Tensor:
         """The agents' parameters stacked (N, P)."""
         return torch.stack([parameters_to_vector(m.parameters()).detach() for m in self.agents])
@@ -145,6 +214,10 @@ class NaiveSimulator:
     def buffers(self) -> torch.Tensor:
         """The agents' floating-point buffers stacked (N, Pbuf)."""
         return torch.stack([buffers_vector(m) for m in self.agents])
+
+
+def _soft_threshold(v: torch.Tensor, tau: float) -> torch.Tensor:
+    return torch.sign(v) * torch.clamp(v.abs() - tau, min=0)
 
 
 def buffers_vector(m: nn.Module) -> torch.Tensor:

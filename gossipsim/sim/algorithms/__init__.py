@@ -1,6 +1,7 @@
 """Registered algorithms: `make(name, **hyper)`, `names()`. One file each; importing registers them."""
-from . import adagossip, allreduce, choco, dpsgd, dsgd, local_sgd  # noqa: F401  (registration)
+from . import adacons, adagossip, al_dsgd, allreduce, choco, dpsgd, dsgd, local_sgd, malcom_psgd, matcha  # noqa: F401  (registration)
+from .choco_gossip import Consensus, choco_gossip
 from .base import BITS_PER_VALUE, Algorithm, Round, SGDState, gossip_bits, hyperparameters, make, names, register
 
-__all__ = ["BITS_PER_VALUE", "Algorithm", "Round", "SGDState", "gossip_bits", "hyperparameters", "make", "names",
+__all__ = ["BITS_PER_VALUE", "Algorithm", "Consensus", "choco_gossip", "Round", "SGDState", "gossip_bits", "hyperparameters", "make", "names",
            "register"]

@@ -1,0 +1,69 @@
+"""AdaCons: all-reduce with adaptive consensus weights in place of the plain mean of the gradients.
+
+Paper: Choukroun, Azoulay, Kisilev, "Adaptive Consensus Gradients Aggregation for Scaled Distributed
+Training", arXiv 2411.03742; as its sample code (yoniLc/AdaCons `AdaConsAggregator`) computes it, over the
+whole flattened model. Centralized, like `allreduce`: every agent applies the same aggregate.
+
+    g_bar   = (1/N) sum_j g_j
+    a_i     = <g_bar, g_i> / (||g_i|| + eps)                   # g_bar projected on agent i's direction
+    m       = sort(a)  at the first step,  beta m + (1 - beta) sort(a)  after      # subspace momentum
+    w       = m mapped back by the inverse permutation: the agent with the k-th smallest a_i gets m_k
+    alpha   = w / sum_j w_j                                    # weights sum to 1 (unbiasedness)
+    g       = s sum_i alpha_i g_i / (||g_i|| + eps),   s = (1/N) sum_i (||g_i|| + eps)
+    X^{t+1} = X^t - lr D(g)                                    # each row; D the local optimizer
+
+Two deliberate differences from the sample code (ALGORITHMS.md 7): it gathers m with the sort
+permutation itself (`m[sorted_idx]`), which is the inverse mapping only when the permutation is an
+involution; and its aggregate is a combination of unit directions (its example pairs it with a
+line-search step size). The scale s, the mean gradient norm, gives the step the size of the averaged
+gradient, so lr means what it means for `allreduce`, and identical gradients give `allreduce` exactly.
+When sum_j w_j <= GUARD sum_j |w_j| (conflicting gradients; the code has no guard) the round falls back
+to g_bar. Communication: two ring all-reduces of P floats and an all-gather of N scalars per agent.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..local import LocalSGD, as_schedule
+from .base import BITS_PER_VALUE, Round, register
+
+GUARD = 1e-3  # weights may cancel to at most 1/GUARD times their sum before AdaCons gives up on a round
+
+
+class AdaConsState(NamedTuple):
+    x: torch.Tensor  # (N, P), identical rows
+    buf: torch.Tensor | None  # (N, P) momentum of the optimizer
+    m: torch.Tensor  # (N,) momentum of the sorted coefficients
+    steps: torch.Tensor  # 0-dim int64: aggregations so far
+
+
+@register("adacons")
+def adacons(lr, beta: float = 0.99, eps: float = 1e-8, momentum: float = 0.0, nesterov: bool = False,
+            weight_decay: float = 0.0):
+    opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
+
+    def init(x0: torch.Tensor) -> AdaConsState:
+        x = x0.mean(0, keepdim=True).expand_as(x0).clone()
+        m = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+        return AdaConsState(x, opt.init(x), m, torch.zeros((), dtype=torch.int64, device=x0.device))
+
+    def step(state: AdaConsState, rnd: Round):
+        loss, g = rnd.grad(state.x)  # (N,), (N, P)
+        n, p = g.shape
+        g_bar = g.mean(0)  # (P,)
+        norms = torch.linalg.vector_norm(g, dim=1) + eps  # (N,)
+        a, order = torch.sort((g @ g_bar) / norms, stable=True)  # (N,) ascending, a = coefficients[order]
+        m = torch.where(state.steps == 0, a, beta * state.m + (1 - beta) * a)
+        w = torch.empty_like(m).scatter_(0, order, m)  # w[order[k]] = m[k]
+        total = w.sum()
+        ok = total > GUARD * w.abs().sum()
+        agg = torch.where(ok, (w / total * norms.mean() / norms) @ g, g_bar)  # (P,)
+        d, buf = opt.direction(state.x, agg.expand(n, p), state.buf)
+        x = state.x - schedule(rnd.t) * d
+        bits = (2 * 2 * (n - 1) / n * BITS_PER_VALUE * p + BITS_PER_VALUE * (n - 1))
+        return AdaConsState(x, buf, m, state.steps + 1), {
+            "loss": loss, "bits": torch.full((n,), bits, dtype=torch.float64, device=g.device)}
+
+    return init, step

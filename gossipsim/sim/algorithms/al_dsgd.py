@@ -1,0 +1,81 @@
+"""AL-DSGD: adjacent leaders. Each agent also averages with, and is pulled towards, two leaders among
+its active neighbours (itself included): the one with the lowest training loss and the one of highest degree.
+
+Paper: He, Wang, Choromanska, "AL-DSGD: Adjacent Leader Decentralized Stochastic Gradient Descent",
+arXiv 2405.11389. Base: the round's W (D-PSGD on a static topology, MATCHA on `BASE+matcha:CB`); the
+dynamic graphs are the topology `BASE+rotate` (graphs.rotating). With one-hot leader selectors A_N
+(lowest minibatch loss at X^t) and A_tau (highest active degree), ties to the agent itself, then the
+lowest index:
+
+variant="code" (default; the official code, HectorHHZ/Adjacent_Leader_Dencentralized_SGD, which
+produced the paper's numbers): the pull is a fixed fraction, applied after averaging
+
+    X^{t+1/2} = X^t - lr D(X^t)
+    Z         = (1 - c1 - c2) W X^{t+1/2} + c1 A_N X^{t+1/2} + c2 A_tau X^{t+1/2}
+    X^{t+1}   = Z - p1 (Z - A_N X^{t+1/2}) - p2 (Z - A_tau X^{t+1/2})
+
+variant="paper": the corrective force enters the local step, scaled by the learning rate
+
+    X^{t+1/2} = X^t - lr (D(X^t) + p1 (X^t - A_N X^t) + p2 (X^t - A_tau X^t))
+    X^{t+1}   = (1 - c1 - c2) W X^{t+1/2} + c1 A_N X^{t+1/2} + c2 A_tau X^{t+1/2}
+
+The leader step runs every `every` rounds (the code's --iteration); other rounds, and agents with no
+active neighbour, only gossip. Communication: the float32 model and two scalars (loss, degree) on
+every active edge.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...errors import ConfigError
+from ..local import LocalSGD, as_schedule
+from .base import BITS_PER_VALUE, Round, SGDState, register
+
+
+def leaders(W: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Each agent's argmin of `score` (N,) over itself and its active neighbours in W (N, N); ties go to the
+    agent itself, then to the lowest index. (N,) int64."""
+    n = W.shape[0]
+    A = W != 0
+    A.fill_diagonal_(True)
+    vals = torch.where(A, score.unsqueeze(0), torch.inf)  # (N, N)
+    best = vals == vals.min(1, keepdim=True).values
+    me = torch.arange(n, device=W.device)
+    mine = best.diagonal() | ~best.any(1)  # a NaN loss picks no one: stay with oneself
+    return torch.where(mine, me, best.to(torch.uint8).argmax(1))
+
+
+@register("al_dsgd")
+def al_dsgd(lr, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0.2, every: int = 1,
+            variant: str = "code", momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+    if variant not in ("code", "paper"):
+        raise ConfigError(f"al_dsgd variant must be 'code' or 'paper', got {variant!r}")
+    for name, v in (("c1", c1), ("c2", c2), ("p1", p1), ("p2", p2), ("c1 + c2", c1 + c2)):
+        if not 0 <= v <= 1:
+            raise ConfigError(f"al_dsgd {name} must be in [0, 1], got {v}")
+    if not isinstance(every, int) or every < 1:
+        raise ConfigError(f"al_dsgd every must be an integer >= 1, got {every!r}")
+    opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
+
+    def init(x0: torch.Tensor) -> SGDState:
+        return SGDState(x0, opt.init(x0))
+
+    def step(state: SGDState, rnd: Round):
+        loss, g = rnd.grad(state.x)  # (N,), (N, P)
+        W, deg = rnd.mixing.dense(), rnd.mixing.degrees  # (N, N), (N,)
+        best, hub = leaders(W, loss.to(W.dtype)), leaders(W, -deg.to(W.dtype))  # (N,) leader indices
+        # a per-row switch, not a branch, so the round index never has to leave the device
+        on = ((rnd.t % every == 0) & (deg > 0)).to(state.x.dtype).unsqueeze(1)  # (N, 1)
+        d, buf = opt.direction(state.x, g, state.buf)
+        if variant == "paper":
+            d = d + on * (p1 * (state.x - state.x[best]) + p2 * (state.x - state.x[hub]))
+        half = state.x - schedule(rnd.t) * d  # X^{t+1/2}
+        keep = 1 - p1 - p2 if variant == "code" else 1.0
+        to_best = keep * c1 + (p1 if variant == "code" else 0.0)
+        to_hub = keep * c2 + (p2 if variant == "code" else 0.0)
+        x = rnd.mixing(half).mul_(1 - on + on * (keep * (1 - c1 - c2)))
+        x.add_(on * to_best * half[best]).add_(on * to_hub * half[hub])
+        bits = deg.to(torch.float64) * BITS_PER_VALUE * (x.shape[1] + 2 * on.squeeze(1).to(torch.float64))
+        return SGDState(x, buf), {"loss": loss, "bits": bits}
+
+    return init, step

@@ -1,0 +1,170 @@
+"""MATCHA, AL-DSGD, MALCOM-PSGD and AdaCons against the naive per-agent simulator in float64, their identities,
+and CHOCO-Gossip's linear convergence."""
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+import torch
+
+from gossipsim import ConfigError, graphs, kernels, sim
+from gossipsim.sim.algorithms.al_dsgd import leaders
+from tests.test_engine_reference import CLASSES, B, N, bn_cnn, irregular_W, mlp, run_both
+
+TOL = dict(rtol=1e-9, atol=1e-11)
+SGD = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+
+
+def irregular_matcha(seed: int) -> graphs.Matcha:
+    """MATCHA over the irregular 5-agent graph: W_t and the active degrees change every round."""
+    base = graphs.from_networkx(nx.Graph([(0, 1), (1, 2), (2, 3), (3, 4), (1, 3), (0, 4)]))
+    return graphs.matcha(base, budget=0.5, seed=seed)
+
+
+def test_matcha_matches_naive_simulator(fresh_seed):
+    topo = irregular_matcha(fresh_seed)
+    assert len({tuple(topo.mixing(t).degrees.tolist()) for t in range(10)}) > 1  # the graph does change
+    state, _, naive = run_both(mlp, "matcha", topo, "vmap", fresh_seed, **SGD)
+    torch.testing.assert_close(state.x, naive.x(), **TOL, msg=lambda m: f"seed {fresh_seed}: {m}")
+
+
+@pytest.mark.parametrize("variant", ["code", "paper"])
+@pytest.mark.parametrize("base", ["static", "matcha"])
+def test_al_dsgd_matches_naive_simulator(variant, base, fresh_seed):
+    W = irregular_W() if base == "static" else irregular_matcha(fresh_seed)
+    state, _, naive = run_both(mlp, "al_dsgd", W, "vmap", fresh_seed, variant=variant, c1=0.25, c2=0.15, p1=0.1,
+                               p2=0.3, **SGD)
+    torch.testing.assert_close(state.x, naive.x(), **TOL, msg=lambda m: f"seed {fresh_seed}: {m}")
+
+
+def test_al_dsgd_leader_step_every_few_rounds_with_batchnorm(fresh_seed):
+    state, buffers, naive = run_both(bn_cnn, "al_dsgd", irregular_W(), "loop", fresh_seed, every=3, lr=0.05)
+    torch.testing.assert_close(state.x, naive.x(), **TOL, msg=lambda m: f"seed {fresh_seed}: {m}")
+    torch.testing.assert_close(buffers, naive.buffers(), **TOL)
+
+
+@pytest.mark.parametrize("variant", ["code", "paper"])
+@pytest.mark.parametrize("base", ["static", "matcha"])
+def test_al_dsgd_without_leaders_is_its_base(variant, base, fresh_seed):
+    """c1 = c2 = p1 = p2 = 0: AL-DSGD is exactly D-PSGD (ATC) over the same W_t, static or MATCHA."""
+    W = irregular_W() if base == "static" else irregular_matcha(fresh_seed)
+    al, _, _ = run_both(mlp, "al_dsgd", W, "vmap", fresh_seed, variant=variant, c1=0.0, c2=0.0, p1=0.0, p2=0.0, **SGD)
+    plain, _, _ = run_both(mlp, "dsgd" if base == "static" else "matcha", W, "vmap", fresh_seed, **SGD)
+    torch.testing.assert_close(al.x, plain.x, rtol=0, atol=0)
+
+
+def test_leaders_prefer_self_then_lowest_index():
+    W = graphs.mixing_weights(nx.Graph([(0, 1), (1, 2), (2, 3)]))  # a path; agent 3 has one neighbour
+    loss = torch.tensor([1.0, 0.5, 0.5, 2.0], dtype=torch.float64)
+    assert leaders(W, loss).tolist() == [1, 1, 2, 2]  # 2 keeps itself on a tie with 1
+    deg = torch.tensor([1.0, 2.0, 2.0, 1.0], dtype=torch.float64)
+    assert leaders(W, -deg).tolist() == [1, 1, 2, 2]
+    assert leaders(W, torch.full((4,), float("nan"), dtype=torch.float64)).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("comp", ["dithered", "top_k_per_layer"])
+def test_malcom_matches_naive_simulator(comp, fresh_seed):
+    """The dithered quantizer is random: both sides draw the same numbers (run_both reseeds each round)."""
+    sizes = tuple(p.numel() for p in mlp().parameters())
+    c = kernels.dithered(4) if comp == "dithered" else kernels.top_k(0.3, per="layer").with_layers(sizes)
+    state, _, naive = run_both(mlp, "malcom_psgd", irregular_W(), "vmap", fresh_seed, mu=0.05, gamma=0.4,
+                               compressor=c, **SGD)
+    torch.testing.assert_close(state.x, naive.x(), **TOL, msg=lambda m: f"seed {fresh_seed}: {m}")
+    assert (state.x == 0).any()  # the prox did threshold something
+
+
+def test_malcom_without_l1_is_choco(fresh_seed):
+    kw = dict(gamma=0.4, compressor=kernels.dithered(4), **SGD)
+    malcom, _, _ = run_both(mlp, "malcom_psgd", irregular_W(), "vmap", fresh_seed, mu=0.0, **kw)
+    choco, _, _ = run_both(mlp, "choco", irregular_W(), "vmap", fresh_seed, **kw)
+    torch.testing.assert_close(malcom.x, choco.x, rtol=0, atol=0)
+    torch.testing.assert_close(malcom.x_hat, choco.x_hat, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("factory", [mlp, bn_cnn], ids=["mlp", "bn_cnn"])
+def test_adacons_matches_naive_simulator(factory, fresh_seed):
+    state, buffers, naive = run_both(factory, "adacons", irregular_W(), "vmap", fresh_seed, beta=0.9, **SGD)
+    torch.testing.assert_close(state.x, naive.x(), **TOL, msg=lambda m: f"seed {fresh_seed}: {m}")
+    torch.testing.assert_close(buffers, naive.buffers(), **TOL)
+
+
+def test_adacons_with_identical_gradients_is_allreduce(fresh_seed):
+    kw = dict(same_init=True, same_data=True, **SGD)
+    ada, _, _ = run_both(mlp, "adacons", irregular_W(), "vmap", fresh_seed, **kw)
+    mean, _, _ = run_both(mlp, "allreduce", irregular_W(), "vmap", fresh_seed, **kw)
+    torch.testing.assert_close(ada.x, mean.x, rtol=1e-12, atol=1e-14)
+
+
+def test_adacons_weights_and_guard(fresh_seed):
+    """The agreed direction is amplified and a straying one damped relative to the mean; coefficients that
+    cancel (sum_j w_j = 0) fall back to the mean instead of dividing by zero."""
+    gen = torch.Generator().manual_seed(fresh_seed)
+    algo = sim.algorithms.make("adacons", lr=1.0, beta=0.0)
+    x0 = torch.zeros(3, 7, dtype=torch.float64)
+    u = torch.randn(7, dtype=torch.float64, generator=gen)
+    v = torch.randn(7, dtype=torch.float64, generator=gen)
+    v -= (v @ u) / (u @ u) * u
+    u, v = u / u.norm(), v / v.norm()  # orthonormal
+
+    def aggregate(g):
+        state, _ = algo.step(algo.init(x0), sim.Round(torch.tensor(0), lambda x: (torch.zeros(3), g), None))
+        return -state.x[0]  # one step of lr 1 from 0
+
+    g = torch.stack([u, u, u + 3 * v])  # two agree, one strays; the mean is u + v
+    agg = aggregate(g)
+    assert agg @ v < 0.7 and agg @ u > 1.2
+    g = torch.stack([u, -2 * u, torch.zeros(7, dtype=torch.float64)])  # coefficients -1/3, 1/3, 0
+    torch.testing.assert_close(aggregate(g), g.mean(0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("comp, gamma, rounds", [(kernels.top_k(0.1), 0.2, 250), (kernels.qsgd(16, scaled=True), 0.4, 100),
+                                                 (kernels.sign(), 0.02, 500)], ids=["top_k", "qsgd", "sign"])
+def test_choco_gossip_converges_linearly_on_a_ring(comp, gamma, rounds, fresh_seed):
+    gen = torch.Generator().manual_seed(fresh_seed)
+    x0 = 3 * torch.randn(8, 301, dtype=torch.float64, generator=gen) + 1
+    torch.manual_seed(fresh_seed)
+    out = sim.algorithms.choco_gossip(x0, graphs.ring(8), comp, gamma=gamma, rounds=3 * rounds)
+    e = out.error / out.error[0]
+    assert e[rounds] < 0.05 and e[2 * rounds] < 0.05 * e[rounds] and e[3 * rounds] < 0.05 * e[2 * rounds], e[::rounds]
+    torch.testing.assert_close(out.x.mean(0), x0.mean(0), rtol=0, atol=1e-12)  # the average is kept exactly
+    assert out.bits.shape == (8,) and float(out.bits[0]) == 3 * rounds * 2 * float(comp.roundtrip(x0[:1])[1][0])
+
+
+SEED_ALGORITHMS = ["choco", "choco_parallel", "adagossip", "matcha", "al_dsgd", "malcom_psgd", "adacons"]
+ALLOWED = {"choco": ["top_k", "rand_k", "qsgd", "sign"], "choco_parallel": ["top_k", "qsgd", "sign"],
+           "adagossip": ["top_k", "qsgd"], "malcom_psgd": ["dithered", "qsgd"]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("algorithm", SEED_ALGORITHMS)
+def test_every_seed_algorithm_with_every_allowed_compressor(algorithm, dtype, fresh_seed):
+    """Momentum, Nesterov, weight decay and a BatchNorm model: shapes, dtype and finiteness over 4 rounds."""
+    model = sim.StackedModel(bn_cnn, N, backend="vmap")
+    x0, buf0 = model.init(fresh_seed, dtype=dtype)
+    topo = irregular_matcha(fresh_seed) if algorithm == "matcha" else graphs.from_matrix(irregular_W())
+    sizes = model.param_sizes
+    for spec in ALLOWED.get(algorithm, [None]):
+        hyper = {} if spec is None else {"compressor": kernels.parse(
+            {"top_k": "top_k:0.2", "rand_k": "rand_k:0.2", "qsgd": "qsgd:16,scaled", "sign": "sign",
+             "dithered": "dithered:4"}[spec], per="layer").with_layers(sizes)}
+        algo = sim.algorithms.make(algorithm, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4, **hyper)
+        state = algo.init(x0)
+        gen = torch.Generator().manual_seed(fresh_seed)
+        for t in range(4):
+            xb = torch.randn(N, B, 1, 6, 6, dtype=dtype, generator=gen)
+            yb = torch.randint(0, CLASSES, (N, B), generator=gen)
+            state, stats = algo.step(state, sim.Round(torch.tensor(t), lambda x: model.grad(x, buf0, xb, yb)[:2],
+                                                      topo.mixing(t)))
+        assert state.x.shape == x0.shape and state.x.dtype == dtype, (algorithm, spec)
+        assert torch.isfinite(state.x).all() and not torch.equal(state.x, x0), (algorithm, spec)
+        assert stats["bits"].shape == (N,) and stats["bits"].dtype == torch.float64 and (stats["bits"] >= 0).all()
+
+
+def test_bad_hyperparameters_get_one_line():
+    with pytest.raises(ConfigError, match="variant must be 'code' or 'paper', got 'papr'"):
+        sim.algorithms.make("al_dsgd", lr=0.1, variant="papr")
+    with pytest.raises(ConfigError, match=r"c1 \+ c2 must be in \[0, 1\], got 1.2"):
+        sim.algorithms.make("al_dsgd", lr=0.1, c1=0.6, c2=0.6)
+    with pytest.raises(ConfigError, match="mu .* must be >= 0, got -1"):
+        sim.algorithms.make("malcom_psgd", lr=0.1, mu=-1)
+    with pytest.raises(ConfigError, match="every must be an integer >= 1, got 0"):
+        sim.algorithms.make("al_dsgd", lr=0.1, every=0)
