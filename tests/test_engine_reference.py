@@ -44,8 +44,9 @@ def run_both(factory, algorithm, W, backend, seed, bn="local", rounds=ROUNDS, sa
     gen = torch.Generator().manual_seed(seed)
     for t in range(rounds):
         mixing = topology.mixing(t) if topology else Mixing(W)
-        xb = torch.randn(1 if same_data else N, B, 1, 6, 6, dtype=torch.float64, generator=gen).expand(N, -1, -1, -1, -1)
-        yb = torch.randint(0, CLASSES, (1 if same_data else N, B), generator=gen).expand(N, -1)
+        rows = 1 if same_data else N  # same_data: one batch that every agent sees
+        xb = torch.randn(rows, B, 1, 6, 6, dtype=torch.float64, generator=gen).expand(N, -1, -1, -1, -1)
+        yb = torch.randint(0, CLASSES, (rows, B), generator=gen).expand(N, -1)
         new = [buffers]
 
         def oracle(x, xb=xb, yb=yb, new=new, buffers=buffers):

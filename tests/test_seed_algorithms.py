@@ -2,6 +2,8 @@
 and CHOCO-Gossip's linear convergence."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import networkx as nx
 import pytest
 import torch
@@ -116,8 +118,9 @@ def test_adacons_weights_and_guard(fresh_seed):
     torch.testing.assert_close(aggregate(g), g.mean(0), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("comp, gamma, rounds", [(kernels.top_k(0.1), 0.2, 250), (kernels.qsgd(16, scaled=True), 0.4, 100),
-                                                 (kernels.sign(), 0.02, 500)], ids=["top_k", "qsgd", "sign"])
+@pytest.mark.parametrize("comp, gamma, rounds", [
+    (kernels.top_k(0.1), 0.2, 250), (kernels.qsgd(16, scaled=True), 0.4, 100), (kernels.sign(), 0.02, 500),
+], ids=["top_k", "qsgd", "sign"])
 def test_choco_gossip_converges_linearly_on_a_ring(comp, gamma, rounds, fresh_seed):
     gen = torch.Generator().manual_seed(fresh_seed)
     x0 = 3 * torch.randn(8, 301, dtype=torch.float64, generator=gen) + 1
@@ -152,8 +155,10 @@ def test_every_seed_algorithm_with_every_allowed_compressor(algorithm, dtype, fr
         for t in range(4):
             xb = torch.randn(N, B, 1, 6, 6, dtype=dtype, generator=gen)
             yb = torch.randint(0, CLASSES, (N, B), generator=gen)
-            state, stats = algo.step(state, sim.Round(torch.tensor(t), lambda x: model.grad(x, buf0, xb, yb)[:2],
-                                                      topo.mixing(t)))
+            def oracle(x, xb=xb, yb=yb):
+                return model.grad(x, buf0, xb, yb)[:2]
+
+            state, stats = algo.step(state, sim.Round(torch.tensor(t), oracle, topo.mixing(t)))
         assert state.x.shape == x0.shape and state.x.dtype == dtype, (algorithm, spec)
         assert torch.isfinite(state.x).all() and not torch.equal(state.x, x0), (algorithm, spec)
         assert stats["bits"].shape == (N,) and stats["bits"].dtype == torch.float64 and (stats["bits"] >= 0).all()
@@ -168,3 +173,64 @@ def test_bad_hyperparameters_get_one_line():
         sim.algorithms.make("malcom_psgd", lr=0.1, mu=-1)
     with pytest.raises(ConfigError, match="every must be an integer >= 1, got 0"):
         sim.algorithms.make("al_dsgd", lr=0.1, every=0)
+
+
+def test_config_keys_reach_the_algorithm_and_misplaced_ones_are_refused():
+    cfg = sim.Config(algorithm="al_dsgd", c1=0.5, variant="paper", every=2)
+    assert cfg.algorithm_hyper(layers=None) == {"c1": 0.5, "variant": "paper", "every": 2}
+    with pytest.raises(ConfigError, match="dsgd has no hyperparameter 'mu'; it is for malcom_psgd"):
+        sim.Config(algorithm="dsgd", mu=0.1)
+    with pytest.raises(ConfigError, match="give BASE\\+matcha:CB, e.g. torus\\+matcha:0.5"):
+        sim.Config(algorithm="matcha", topology="torus")
+    with pytest.raises(ConfigError, match="c1 \\+ c2 must be in"):
+        sim.Config(algorithm="al_dsgd", c1=0.7, c2=0.7)
+
+
+def test_graph_seed_keeps_one_graph_across_training_seeds(tmp_path):
+    def W(**keys):
+        cfg = sim.Config(topology="erdos_renyi:0.5", agents=8, rounds=1, out=str(tmp_path / "r"), progress=False,
+                         eval_samples=10, **keys)
+        return sim.build(cfg).topology.mixing(0).dense()
+
+    assert torch.equal(W(seed=0, graph_seed=3), W(seed=1, graph_seed=3))
+    assert not torch.equal(W(seed=0), W(seed=1))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--algorithm=matcha", "--topology=ring+matcha:0.5"],
+    ["--algorithm=al_dsgd", "--topology=ring+rotate", "--variant=paper"],
+    ["--algorithm=malcom_psgd", "--mu=1e-3", "--compressor=dithered:15,scaled", "--compress_per=layer"],
+    ["--algorithm=adacons", "--beta=0.9"],
+])
+def test_from_the_command_line(argv, tmp_path):
+    import json
+
+    from gossipsim.sim.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", *argv, "--agents=4", "--rounds=4", "--eval_every=4", "--batch_size=8", "--progress=false",
+                 "--eval_samples=100", f"--out={out}"]) == 0
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["round"] == 4 and 0 <= row["sparsity"] <= 1 and row["bits_per_agent"] > 0
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_config_is_valid_and_starts(path, tmp_path):
+    """Every paper setup, with the runs benchmarks/reproduce.py compares on it: valid keys and values; with the
+    data present, two rounds on the CPU (the full-size files name device = "cuda")."""
+    import importlib.util
+
+    from gossipsim.sim.config import load_toml
+
+    spec = importlib.util.spec_from_file_location("reproduce", path.parents[1] / "benchmarks" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    setup = next((s for s, f in reproduce.FILES.items() if path.stem in (f, f + "_cpu")), None)
+    values = {**load_toml(path), "device": "cpu", "rounds": 2, "eval_every": 2, "eval_samples": 50,
+              "progress": False}
+    for i, (_, keys) in enumerate(reproduce.SETUPS[setup] if setup else [("", {})]):
+        cfg = sim.Config.from_dict({**values, **keys, "out": str(tmp_path / str(i))})
+        if not Path("/usr/share/datasets/fashion-mnist").exists() and cfg.dataset == "fashion-mnist":
+            continue
+        assert sim.build(cfg).run(2)[-1]["round"] == 2

@@ -81,6 +81,8 @@ class Config:
     shards_per_agent: int = key(2, "label-sorted shards per agent for partition=shards")
     augment: bool = key(False, "random crop (padding 4) and horizontal flip")
     seed: int = key(0, "seed of initialization, partition, sampling and augmentation")
+    graph_seed: int | None = key(None, "seed of a random topology and its random schedule (default: seed), to keep "
+                                       "one graph across training seeds")
     same_init: bool = key(True, "all agents start from the same x0 (false: independent inits)")
     bn: str = key("local", "BatchNorm running statistics: local (per agent) | gossip (mixed like parameters)")
     backend: str = key("auto", "auto | vmap | loop | chunked")

@@ -28,7 +28,8 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
         test = dataclasses.replace(test, x=test.x[:cfg.eval_samples], y=test.y[:cfg.eval_samples])
     part = data.partition(train.y.cpu(), cfg.agents, cfg.partition, alpha=cfg.alpha,
                           shards_per_agent=cfg.shards_per_agent, seed=cfg.seed)
-    topo = graphs.parse(cfg.topology, cfg.agents, weights=cfg.weights, seed=cfg.seed).to(device)
+    graph_seed = cfg.seed if cfg.graph_seed is None else cfg.graph_seed
+    topo = graphs.parse(cfg.topology, cfg.agents, weights=cfg.weights, seed=graph_seed).to(device)
     c, h, _ = train.shape
     model_args = dict(in_channels=c, image_size=h, num_classes=train.classes)
     if cfg.norm is not None:

@@ -1,7 +1,8 @@
 """Registered algorithms: `make(name, **hyper)`, `names()`. One file each; importing registers them."""
-from . import adacons, adagossip, al_dsgd, allreduce, choco, dpsgd, dsgd, local_sgd, malcom_psgd, matcha  # noqa: F401  (registration)
-from .choco_gossip import Consensus, choco_gossip
+# importing registers them
+from . import adacons, adagossip, al_dsgd, allreduce, choco, dpsgd, dsgd, local_sgd, malcom_psgd, matcha  # noqa: F401
 from .base import BITS_PER_VALUE, Algorithm, Round, SGDState, gossip_bits, hyperparameters, make, names, register
+from .choco_gossip import Consensus, choco_gossip
 
-__all__ = ["BITS_PER_VALUE", "Algorithm", "Consensus", "choco_gossip", "Round", "SGDState", "gossip_bits", "hyperparameters", "make", "names",
-           "register"]
+__all__ = ["BITS_PER_VALUE", "Algorithm", "Consensus", "Round", "SGDState", "choco_gossip", "gossip_bits",
+           "hyperparameters", "make", "names", "register"]
