@@ -70,7 +70,8 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def cmd_graphs(argv: list[str]) -> int:
-    """Describe topologies: size, degrees, diameter, spectral gap, rho, mixing time; optionally draw them."""
+    """Describe topologies: size, degrees, diameter, spectral gap, rho, the worst round's ||W_t - J|| over 64
+    rounds, mixing time; optionally draw them."""
     import networkx as nx
     import torch
 
@@ -84,11 +85,16 @@ def cmd_graphs(argv: list[str]) -> int:
     parser.add_argument("--draw", metavar="FILE.png", help="draw the graphs side by side into a PNG")
     ns = parser.parse_args(argv)
     topos = [graphs.parse(spec, ns.agents, weights=ns.weights, seed=ns.seed) for spec in ns.specs]
-    print("| topology | n | degree | diameter | spectral gap | rho per round | mixing time (rounds to 1e-2) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| topology | n | degree | diameter | spectral gap | rho per round | worst round | "
+          "mixing time (rounds to 1e-2) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for spec, topo in zip(ns.specs, topos):
         static = isinstance(topo, graphs.Topology)
-        deg = torch.stack([topo.mixing(t).degrees.cpu() for t in range(1 if static else 64)])  # (rounds, N)
+        rounds = [topo.mixing(t) for t in range(1 if static else 64)]
+        deg = torch.stack([m.degrees.cpu() for m in rounds])  # (rounds, N)
+        # rho averages over rounds; a round with ||W_t - J|| > 1 (MATCHA's negative self-weights) expands
+        # the disagreement, and one such round can blow up training (README: Reproducing the papers)
+        worst = max(float(torch.linalg.matrix_norm(m.dense().cpu() - 1 / topo.n, ord=2)) for m in rounds)
         degree = f"{int(deg.min())}" if deg.min() == deg.max() else f"{int(deg.min())}..{int(deg.max())}"
         W = topo.mixing(0).dense()
         diameter = nx.diameter(nx.from_numpy_array((W != 0).cpu().numpy())) if static else "-"
@@ -98,7 +104,7 @@ def cmd_graphs(argv: list[str]) -> int:
             steps = getattr(topo, "period", 1)
         else:
             steps = math.ceil(math.log(1e-2) / math.log(r)) if r < 1 else math.inf
-        print(f"| {spec} | {topo.n} | {degree} | {diameter} | {gap} | {r:.4f} | {steps} |")
+        print(f"| {spec} | {topo.n} | {degree} | {diameter} | {gap} | {r:.4f} | {worst:.4f} | {steps} |")
     if ns.draw:
         import matplotlib
 

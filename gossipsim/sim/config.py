@@ -45,7 +45,7 @@ class Config:
                                 "time-varying: one_peer_exponential, random_matching, or BASE+fail:P, "
                                 "BASE+matcha:CB, BASE+rotate")
     weights: str = key("metropolis", "mixing weights: metropolis | uniform | max_degree | laplacian")
-    # An algorithm's own hyperparameters: None leaves the algorithm's default (`gossipsim algorithms` lists them).
+    # An algorithm's own hyperparameters: None leaves the algorithm's default (sim.algorithms.hyperparameters(name)).
     compressor: str | None = key(None, "what CHOCO, AdaGossip and MALCOM-PSGD agents send: identity, top_k:F, "
                                        "rand_k:F[,scaled], qsgd:S[,scaled], sign, top_k_qsgd:F,S, dithered:S")
     compress_per: str = key("model", "compress each agent's whole model or each layer alone: model | layer")
