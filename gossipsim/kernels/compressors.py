@@ -37,11 +37,6 @@ class Quantized(NamedTuple):
     levels: int  # s
 
 
-def segment_ids(sizes: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
-    """(P,) int64: which segment each column belongs to."""
-    return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
-
-
 def segment_sum(v: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     """(N, P) -> (N, L): sums over each segment, in float64 when v is float64, else float32."""
     if len(sizes) == 1:
