@@ -3,7 +3,8 @@
     python benchmarks/kernels.py [--quick] [--agents 64,256,1024] [--params 60000,270000,11000000] [--json PATH]
 
 Ops, on float32 (N, P):
-  choco qsgd16 / sign / top1%   x_hat += C(x - x_hat) (kernels.choco_residual): reads x and x_hat, writes x_hat
+  choco qsgd16 / sign / top1%   x_hat += C(x - x_hat) (kernels.choco_residual; QSGD scaled, as CHOCO uses it):
+                                reads x and x_hat, writes x_hat
   qsgd16, top1%                 C(r) of one tensor (Compressor.roundtrip): reads r, writes C(r)
   torch.topk 1%                 torch.topk(|r|, k) alone, the baseline exact top-k is compared with
   consensus ring                x += gamma (W x_hat - x_hat) on a ring (kernels.consensus_step)
@@ -38,12 +39,12 @@ def cases(n: int, p: int, device):
     ring = graphs.ring(n).to(device).mixing(0)
     k = max(1, p // 100)
 
-    def choco(comp):  # x_hat drifts towards x over repeats; a step costs the same wherever it is
-        return lambda: kernels.choco_residual(x, work, comp)
+    def choco(comp):  # x_hat drifts towards x over repeats; a step costs the same wherever it is, as long as
+        return lambda: kernels.choco_residual(x, work, comp)  # comp contracts (unscaled QSGD would overflow)
 
     work.copy_(h)
     return [
-        ("choco qsgd16", 3, choco(kernels.qsgd(16))),
+        ("choco qsgd16", 3, choco(kernels.qsgd(16, scaled=True))),
         ("choco sign", 3, choco(kernels.sign())),
         ("choco top1%", 3, choco(kernels.top_k(0.01))),
         ("qsgd16", 2, lambda: kernels.qsgd(16).roundtrip(x)),

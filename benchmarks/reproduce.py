@@ -1,18 +1,24 @@
 """Reproduce the seed algorithms' papers' claims on real Fashion-MNIST: every run of a setup over several seeds.
 
     python benchmarks/reproduce.py [SETUP ...] [--scale cpu|gpu] [--seeds 0,1,2] [--json PATH] [--rounds R]
+                                   [--jobs J]
 
 A setup is a config in configs/ (`<setup>_cpu.toml` scaled to 2 CPU cores, `<setup>.toml` at full size for
 a GPU) and the runs it compares, each the config plus a few keys. For every run and seed this trains with
 `gossipsim.sim.build` (run directories under runs/reproduce/), then prints a Markdown table: the averaged
 model's final test accuracy (mean ± std over seeds), total bits sent per agent, and both relative to the
 setup's first run. A run already finished (its summary.json exists) is read back, not trained again, so an
-interrupted reproduction resumes where it stopped.
+interrupted reproduction resumes where it stopped. `--jobs J` trains J runs at once in separate processes:
+on a GPU a small model's round is bound by the host launching kernels, so runs side by side share the
+device well; on a CPU they share its cores and gain nothing.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -65,6 +71,33 @@ def run(values: dict, out: Path) -> dict:
     return engine.run(int(values.get("rounds", Config().rounds)))[-1]
 
 
+def out_dir(name: str, label: str, seed: int) -> Path:
+    slug = "".join(c if c.isalnum() else "_" for c in label)
+    return ROOT / "runs" / "reproduce" / name / slug / f"seed{seed}"
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def train_all(tasks: list[tuple[dict, Path]], jobs: int) -> None:
+    """Trains the tasks not finished yet, `jobs` at a time in fresh processes (CUDA cannot be forked)."""
+    todo = [(values, out) for values, out in tasks if not (out / "summary.json").exists()]
+    if jobs <= 1 or len(todo) <= 1:
+        return  # main() trains them one after another as it reads them
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                                initargs=(threads,)) as pool:
+        futures = {pool.submit(run, values, out): out for values, out in todo}
+        for done in concurrent.futures.as_completed(futures):
+            final = done.result()
+            print(f"{futures[done].relative_to(ROOT)}: {100 * final['test_acc']:.2f}% "
+                  f"({final['samples_per_s']:.0f} samples/s)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("setups", nargs="*", metavar="SETUP", help=f"some of {', '.join(SETUPS)} (default: all)")
@@ -72,31 +105,43 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rounds", type=int, default=None, help="override the config's rounds (a quick look)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "reproduce.json"))
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
     args = ap.parse_args()
     for setup in args.setups:
         if setup not in SETUPS:
             ap.error(f"unknown setup {setup!r}; accepted: {', '.join(SETUPS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: accepted: a positive number of processes")
     results = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
-    for setup in args.setups or list(SETUPS):
-        name = FILES[setup] + ("_cpu" if args.scale == "cpu" else "")
-        base = load_toml(ROOT / "configs" / f"{name}.toml")
+    setups = args.setups or list(SETUPS)
+    bases = {}
+    for setup in setups:
+        file = FILES[setup] + ("_cpu" if args.scale == "cpu" else "")
+        base = load_toml(ROOT / "configs" / f"{file}.toml")
+        name = file  # names the runs' directories and the JSON's entry: a quick look must not pass for the real runs
         if args.rounds:
             base["rounds"] = args.rounds
+            name = f"{file}@{args.rounds}rounds"
+        bases[setup] = file, name, base
+    tasks = [({**base, **keys, "seed": seed}, out_dir(name, label, seed))
+             for setup, (_, name, base) in bases.items() for label, keys in SETUPS[setup] for seed in seeds]
+    train_all(tasks, args.jobs)
+    for setup in setups:
+        file, name, base = bases[setup]
         rows = []
         for label, keys in SETUPS[setup]:
             finals = []
             for seed in seeds:
-                slug = "".join(c if c.isalnum() else "_" for c in label)
-                out = ROOT / "runs" / "reproduce" / name / slug / f"seed{seed}"
-                finals.append(run({**base, **keys, "seed": seed}, out))
-                print(f"{name} | {label} | seed {seed}: {100 * finals[-1]['test_acc']:.2f}%", flush=True)
+                finals.append(run({**base, **keys, "seed": seed}, out_dir(name, label, seed)))
+                print(f"{name} | {label} | seed {seed}: {100 * finals[-1]['test_acc']:.2f}% "
+                      f"({finals[-1]['samples_per_s']:.0f} samples/s)", flush=True)
             accs = [100 * f["test_acc"] for f in finals]
             rows.append(dict(label=label, keys=keys, seeds=seeds, acc=accs,
                              acc_mean=statistics.mean(accs), acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
                              bits=statistics.mean(f["bits_per_agent"] for f in finals),
                              sparsity=statistics.mean(f.get("sparsity", 0.0) for f in finals)))
-        results[name] = {"config": f"configs/{name}.toml", "rows": rows}
+        results[name] = {"config": f"configs/{file}.toml", "rows": rows}
         where = f"{base['topology']}, " if "topology" in base else ""
         print(f"\n{name}: {base['agents']} agents, {where}{base['rounds']} rounds, seeds {args.seeds}\n\n"
               + table(rows) + "\n", flush=True)

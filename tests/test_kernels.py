@@ -71,6 +71,17 @@ def test_top_k_threshold_select_equals_reference(n, p, layers, ties, fraction, f
     assert ((q != 0).sum(1).cpu() <= ks.sum()).all()
 
 
+def test_top_k_ranks_nan_above_inf_on_both_paths(fresh_seed, use_triton):
+    # a diverged run's residual: the reference must neither crash nor disagree with the radix select
+    x, h = data(3, 700, fresh_seed)
+    x[0, 5], x[1, 650], x[2, 3] = float("nan"), float("inf"), float("-inf")
+    comp = kernels.top_k(0.003)  # k = 2
+    q, _ = comp.roundtrip(x)
+    ref = comp.decompress(comp.compress(x.cpu()))
+    assert torch.equal(q.cpu().isnan(), ref.isnan()) and ref[0, 5].isnan() and ref[1, 650] == float("inf")
+    assert torch.equal(q.cpu().nan_to_num(), ref.nan_to_num()), f"seed {fresh_seed}"
+
+
 @pytest.mark.parametrize("n,p,layers", SHAPES)
 @pytest.mark.parametrize("levels,scaled", [(1, False), (16, True), (255, False)])
 def test_qsgd_kernel_equals_reference_given_the_same_uniforms(n, p, layers, levels, scaled, fresh_seed, use_triton):

@@ -175,16 +175,23 @@ class TopK(Compressor):
         return kept(d, self.fraction) / d
 
 
+_AS_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
+           torch.bfloat16: torch.int16}
+
+
 def top_indices(a: torch.Tensor, k: int) -> torch.Tensor:
     """(N, k) int64, increasing: positions of the k largest entries of each row of a >= 0, ties at the
     threshold going to the lowest index (the rule the Triton radix select follows).
 
     torch.topk finds the threshold tau (the k-th largest value) and everything above it; which of the
-    entries equal to tau it returns is unspecified, so those are chosen again, in index order.
+    entries equal to tau it returns is unspecified, so those are chosen again, in index order. It ranks the
+    float bits as integers, as the radix select does: the same order for values >= 0, faster on a CPU, and
+    a NaN (from a diverged run) ranks above inf instead of making tau NaN and matching nothing.
     """
     n, d = a.shape
     if k >= d:
         return torch.arange(d, device=a.device).expand(n, d)
+    a = a.view(_AS_INT.get(a.dtype, a.dtype))
     values, idx = a.topk(k, dim=1, sorted=False)  # (N, k)
     tau = values.min(1, keepdim=True).values  # (N, 1)
     above = values > tau
