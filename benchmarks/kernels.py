@@ -39,8 +39,13 @@ def cases(n: int, p: int, device):
     ring = graphs.ring(n).to(device).mixing(0)
     k = max(1, p // 100)
 
-    def choco(comp):  # x_hat drifts towards x over repeats; a step costs the same wherever it is, as long as
-        return lambda: kernels.choco_residual(x, work, comp)  # comp contracts (unscaled QSGD would overflow)
+    flips = [x, -x]  # x_hat chases x and -x by turns: r stays dense (against one x, top-k would zero it)
+
+    def choco(comp):  # a step costs the same wherever x_hat is, as long as comp contracts (unscaled QSGD won't)
+        def step():
+            flips.reverse()
+            return kernels.choco_residual(flips[0], work, comp)
+        return step
 
     work.copy_(h)
     return [

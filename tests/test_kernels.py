@@ -147,7 +147,7 @@ def test_dispatch(monkeypatch):
     assert expand(torch.ones(2, 1), (3,)).shape == (2, 3)
 
 
-@pytest.mark.parametrize("layout", ["random", "ties", "sample_low", "sample_high"])
+@pytest.mark.parametrize("layout", ["random", "ties", "sample_low", "sample_high", "sparse_few", "sparse_many"])
 @pytest.mark.parametrize("n,p,layers", SHAPES[1:])
 def test_top_k_sampled_threshold_and_its_fallback(layout, n, p, layers, fresh_seed, use_triton, monkeypatch):
     # A sample of 64 a segment: lo brackets the k-th largest (random), or misses it, low (every entry becomes
@@ -164,6 +164,10 @@ def test_top_k_sampled_threshold_and_its_fallback(layout, n, p, layers, fresh_se
             cols = start + torch.arange(s) * d // s
             x[:, cols] = h[:, cols] + (1e-6 if layout == "sample_low" else 1e6)
             start += d
+    if layout.startswith("sparse"):
+        g = torch.Generator().manual_seed(fresh_seed)
+        zero = torch.rand(n, p, generator=g) > (0.01 if layout == "sparse_few" else 0.1)
+        x[zero.to(DEVICE)] = h[zero.to(DEVICE)]
     expect = h.cpu() + comp.decompress(comp.compress(x.cpu() - h.cpu()))
     kernels.choco_residual(x, h, comp)
     assert torch.equal(h.cpu(), expect), f"{layout} seed {fresh_seed}"

@@ -114,8 +114,8 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
               MODE: tl.constexpr, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
     # q = C(r) with r = x - h (or x), then out = h + q (CHOCO: out is h, updated in place) or out = q.
     # MODE 0 identity; 1 QSGD: scale = ||r|| tau / s, aux = s / ||r||, Philox uniforms keyed by seed * 2^24 + row;
-    # 2 sign: scale = ||r||_1 / d; 3 top-k: aux holds the threshold's bits and the ties to keep, scale the
-    # number of ties in the segment's blocks before this one (see topk_select).
+    # 2 sign: scale = ||r||_1 / d; 3 top-k: aux holds the threshold's bits and the ties to keep (-1: all),
+    # scale the number of ties in the segment's blocks before this one (see topk_select).
     row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
     x = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
     h = tl.load(h_ptr + row * P + cols, mask=m, other=0.0) if HAS_HAT else tl.zeros([BLOCK], dtype=tl.float32)
@@ -138,10 +138,13 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
         tau = tl.load(aux_ptr + (row * L + seg) * 2)
         room = tl.load(aux_ptr + (row * L + seg) * 2 + 1)
         bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-        tie = (bits == tau) & m
-        before = tl.load(scale_ptr + row * NB + b)  # ties in the segment's earlier blocks
-        rank = before + tl.cumsum(tie.to(tl.int32), axis=0) - 1
-        keep = (bits > tau) | (tie & (rank < room))
+        if room < 0:  # every entry equal to tau is kept
+            keep = bits >= tau
+        else:  # the first `room` of them in index order
+            tie = (bits == tau) & m
+            before = tl.load(scale_ptr + row * NB + b)  # ties in the segment's earlier blocks
+            rank = before + tl.cumsum(tie.to(tl.int32), axis=0) - 1
+            keep = (bits > tau) | (tie & (rank < room))
         q = tl.where(keep, r, 0.0)
     tl.store(out_ptr + row * P + cols, h + q if HAS_HAT else q, mask=m)
 
@@ -172,43 +175,48 @@ def uniform(n: int, p: int, seed: int, device) -> torch.Tensor:
 
 
 @triton.jit
-def _radix_histogram(x_ptr, h_ptr, hist_ptr, prefix_ptr, skip_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, shift,
-                     high_mask, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
-    # hist[row, seg, digit] += count of entries whose |r| bits match the prefix found so far on the bits above
-    # `shift`, by their 8-bit digit at `shift`. Segments whose threshold is already known (skip) read nothing.
-    row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
-    if tl.load(skip_ptr + row * L + seg) == 0:
-        bits = _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT).to(tl.int32, bitcast=True) & 0x7FFFFFFF
-        prefix = tl.load(prefix_ptr + row * L + seg)
-        match = m & ((bits & high_mask) == prefix)
-        # entries off the prefix (and masked lanes) are counted in bin 0, then taken out of it again
-        counts = tl.histogram(tl.where(match, (bits >> shift) & 0xFF, 0), 256)
-        bins = tl.arange(0, 256)
-        counts -= tl.where(bins == 0, BLOCK - tl.sum(match.to(tl.int32), axis=0), 0)
-        # after the first pass few entries still match: add only the bins that count, not all 256
-        tl.atomic_add(hist_ptr + (row * L + seg) * 256 + bins, counts, mask=counts > 0)
+def _r_bits(x_ptr, h_ptr, row, cols, m, P, HAS_HAT: tl.constexpr):
+    # the float bits of |r| as int32: ordered as the magnitudes (a NaN above inf); 0 past the block's end
+    return _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT).to(tl.int32, bitcast=True) & 0x7FFFFFFF
 
 
 @triton.jit
-def _tie_counts(x_ptr, h_ptr, out_ptr, aux_ptr, skip_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB,
-                HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
-    row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
-    count = 0
-    if tl.load(skip_ptr + row * L + seg) == 0:
-        bits = _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT).to(tl.int32, bitcast=True) & 0x7FFFFFFF
-        tau = tl.load(aux_ptr + (row * L + seg) * 2)
-        count = tl.sum(((bits == tau) & m).to(tl.int32), axis=0)
-    tl.store(out_ptr + row * NB + b, count)
+def _sample_lo(x_ptr, h_ptr, lo_ptr, start_ptr, size_ptr, rank_ptr, P, L, HAS_HAT: tl.constexpr, S: tl.constexpr):
+    # one program per (row, segment): lo = the (rank + 1)-th largest of s strided entries of |r| (bits), by
+    # the radix select _select uses, on the sample held in registers
+    i = tl.program_id(0).to(tl.int64)
+    row, seg = i // L, i % L
+    d = tl.load(size_ptr + seg).to(tl.int64)
+    s = tl.minimum(d, S)
+    j = tl.arange(0, S).to(tl.int64)
+    valid = j < s
+    bits = _r_bits(x_ptr, h_ptr, row, tl.load(start_ptr + seg) + j * d // s, valid, P, HAS_HAT)
+    remaining = tl.load(rank_ptr + seg) + 1
+    prefix = remaining * 0
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 24, 0)
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 16, 0x7F000000)
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 8, 0x7FFF0000)
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 0, 0x7FFFFF00)
+    tl.store(lo_ptr + i, prefix)
+
+
+@triton.jit
+def _sample_pass(bits, valid, prefix, remaining, SHIFT: tl.constexpr, HIGH: tl.constexpr):
+    match = valid & ((bits & HIGH) == prefix)
+    counts = tl.histogram(tl.where(match, (bits >> SHIFT) & 0xFF, 0), 256)
+    counts -= tl.where(tl.arange(0, 256) == 0, tl.sum((~match).to(tl.int32), axis=0), 0)
+    prefix, remaining, _ = _pick(counts, prefix, remaining, SHIFT)
+    return prefix, remaining
 
 
 @triton.jit
 def _compact(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, C,
              HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
-    # Appends the bits of every |r| >= lo[row, seg] to the segment's candidate buffer of C slots;
+    # Appends the bits of every nonzero |r| >= lo[row, seg] to the segment's candidate buffer of C slots;
     # count[row, seg] ends as the number of candidates, also those that did not fit.
     row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
-    bits = _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT).to(tl.int32, bitcast=True) & 0x7FFFFFFF
-    cand = m & (bits >= tl.load(lo_ptr + row * L + seg))
+    bits = _r_bits(x_ptr, h_ptr, row, cols, m, P, HAS_HAT)
+    cand = m & (bits >= tl.maximum(tl.load(lo_ptr + row * L + seg), 1))
     c = cand.to(tl.int32)
     total = tl.sum(c, axis=0)
     if total > 0:
@@ -219,120 +227,136 @@ def _compact(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, start_ptr, end_ptr, seg_p
 
 
 @triton.jit
-def _radix_pick(hist_ptr, prefix_ptr, remaining_ptr, skip_ptr, shift):
-    # one program per (row, segment): the largest digit d with at least `remaining` entries at or above it
+def _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT: tl.constexpr,
+                  SHIFT: tl.constexpr, HIGH: tl.constexpr, BLOCK: tl.constexpr):
+    # (256,) counts of the 8-bit digit at SHIFT among the entries whose bits above it equal `prefix`; the
+    # entries are the candidate buffer's first `length` (found) or the segment's columns [begin, begin+length)
+    bins = tl.arange(0, 256)
+    counts = tl.zeros([256], dtype=tl.int32)
+    in_buf = (tl.zeros([BLOCK], dtype=tl.int32) + found) != 0  # a vector: the interpreter masks with no scalar
+    for b in range(0, length, BLOCK):
+        offs = b + tl.arange(0, BLOCK)
+        m = offs < length
+        from_buf = tl.load(buf_ptr + i * C + offs, mask=m & in_buf, other=0)
+        from_r = _r_bits(x_ptr, h_ptr, row, begin + offs, m & ~in_buf, P, HAS_HAT)
+        bits = tl.where(in_buf, from_buf, from_r)
+        match = m & ((bits & HIGH) == prefix)
+        # entries off the prefix (and masked lanes) are counted in bin 0, then taken out of it again
+        block = tl.histogram(tl.where(match, (bits >> SHIFT) & 0xFF, 0), 256)
+        counts += block - tl.where(bins == 0, BLOCK - tl.sum(match.to(tl.int32), axis=0), 0)
+    return counts
+
+
+@triton.jit
+def _pick(counts, prefix, remaining, SHIFT: tl.constexpr):
+    # the largest digit d with at least `remaining` entries at or above it, appended to the prefix
+    bins = tl.arange(0, 256)
+    above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts  # entries with digit >= d
+    digit = tl.max(tl.where(above >= remaining, bins, -1), axis=0)
+    remaining -= tl.sum(tl.where(bins > digit, counts, 0), axis=0)
+    ties = tl.sum(tl.where(bins == digit, counts, 0), axis=0)
+    return prefix | (digit << SHIFT), remaining, ties
+
+
+@triton.jit
+def _select(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, aux_ptr, before_ptr, start_ptr, end_ptr, seg_start_ptr,
+            size_ptr, k_ptr, first_ptr, nblocks_ptr, P, L, NB, C, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
+    # One program per (row, segment): the exact k-th largest |r| by a radix select on its float bits, 8 bits
+    # a pass, over the candidate buffer when it holds the k-th largest, else over the whole segment. When
+    # lo = 0 the buffer holds the nonzeros: at least k of them hold the k-th largest; fewer put it at 0.
     i = tl.program_id(0).to(tl.int64)
-    if tl.load(skip_ptr + i) == 0:
-        bins = tl.arange(0, 256)
-        counts = tl.load(hist_ptr + i * 256 + bins)
-        above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts  # entries with digit >= d
-        rem = tl.load(remaining_ptr + i)
-        digit = tl.max(tl.where(above >= rem, bins, -1), axis=0)
-        tl.store(remaining_ptr + i, rem - tl.sum(tl.where(bins > digit, counts, 0), axis=0))
-        tl.store(prefix_ptr + i, tl.load(prefix_ptr + i) | (digit << shift))
+    row, seg = i // L, i % L
+    k = tl.load(k_ptr + seg)
+    d = tl.load(size_ptr + seg)
+    count = tl.load(count_ptr + i)
+    found = ((count >= k) & (count <= C)).to(tl.int32)
+    zero = (count < k) & (tl.load(lo_ptr + i) == 0)  # fewer than k nonzeros, all of them candidates
+    begin = tl.load(seg_start_ptr + seg).to(tl.int64)
+    length = tl.where(found != 0, count, tl.where(zero, 0, d))
+    prefix, remaining = k * 0, k
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 24, 0,
+                           BLOCK)
+    prefix, remaining, ties = _pick(counts, prefix, remaining, 24)
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 16,
+                           0x7F000000, BLOCK)
+    prefix, remaining, ties = _pick(counts, prefix, remaining, 16)
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 8,
+                           0x7FFF0000, BLOCK)
+    prefix, remaining, ties = _pick(counts, prefix, remaining, 8)
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 0,
+                           0x7FFFFF00, BLOCK)
+    tau, room, ties = _pick(counts, prefix, remaining, 0)  # ties: entries equal to tau, room of them kept
+    tau = tl.where(zero, 0, tau)
+    room = tl.where(zero, k - count, room)
+    ties = tl.where(zero, d - count, ties)
+    tl.store(aux_ptr + i * 2, tau)
+    tl.store(aux_ptr + i * 2 + 1, tl.where(ties == room, -1, room))  # -1: every tie kept, order irrelevant
+    if ties != room:
+        # ties in each of the segment's blocks before it, so that `_residual` keeps the lowest indices
+        before = k * 0
+        first = tl.load(first_ptr + seg)
+        for b in range(first, first + tl.load(nblocks_ptr + seg)):
+            cols = tl.load(start_ptr + b) + tl.arange(0, BLOCK)
+            m = cols < tl.load(end_ptr + b)
+            tl.store(before_ptr + row * NB + b, before)
+            before += tl.sum(((_r_bits(x_ptr, h_ptr, row, cols, m, P, HAS_HAT) == tau) & m).to(tl.int32), axis=0)
 
 
-SAMPLE = 2048  # entries a segment's threshold is first estimated from
+SAMPLE = 2048  # entries a segment's threshold is first estimated from (a power of 2)
 
 
 @functools.lru_cache(maxsize=64)
-def _sample_plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sample: int, block: int):
-    """Per segment: strided sample columns (L, S) with a validity mask, the sample rank whose value brackets
-    the k-th largest from below (lo), the candidate buffer's size C (one for all segments), k (1, L), and the
-    block table of the buffer seen as rows of L segments of C."""
-    L = len(sizes)
-    S = min(max(sizes), sample)
-    cols = torch.zeros(L, S, dtype=torch.int64)
-    valid = torch.zeros(L, S, dtype=torch.bool)
-    ranks, caps, start = [], [], 0
-    for i, (d, k) in enumerate(zip(sizes, ks)):
+def _plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sample: int, block: int):
+    """Per segment (each (L,) int32 on the device): its first column, size, k, the sample rank whose value
+    brackets the k-th largest from below, its first block and number of blocks; and the candidate buffer's
+    size C (one for all segments) and the sample's size S (a power of 2)."""
+    ranks, caps, firsts, counts, starts = [], [], [], [], []
+    for d, k in zip(sizes, ks):
         s = min(d, sample)
-        cols[i, :s] = start + torch.arange(s) * d // s
-        valid[i, :s] = True
         if s == d:  # the whole segment: lo is the exact k-th largest, every candidate fits
-            ranks.append(k)
+            ranks.append(k - 1)
             caps.append(d)
         else:  # 4 standard deviations of the sample count above the k-th largest, and some slack
             q = k / d
             mean = q * s
             r = min(s, math.ceil(mean + 4 * math.sqrt(mean * (1 - q)) + 4))
-            ranks.append(r)
+            ranks.append(r - 1)
             caps.append(min(d, math.ceil(1.5 * r / s * d) + 64))
-        start += d
-    C = max(caps)
-    return (cols.to(device), valid.to(device), torch.tensor(ranks, device=device).view(1, L, 1) - 1, C,
-            torch.tensor(ks, device=device).view(1, L), blocks((C,) * L, device, block))
-
-
-def _radix(x: torch.Tensor, h: torch.Tensor | None, table, nseg: int, skip: torch.Tensor, remaining: torch.Tensor):
-    """Radix select on the float bits of |r|, 8 bits a pass, for each (row, segment) not skipped.
-
-    `remaining` (N, L) int32 enters as k and leaves as the ties to keep; returns the threshold's bits (N, L)
-    and the last pass's histogram (N, L, 256)."""
-    n, p = x.shape
-    start, end, seg, _ = table
-    nb = start.numel()
-    prefix = torch.zeros(n, nseg, dtype=torch.int32, device=x.device)
-    hists = torch.zeros(4, n, nseg, 256, dtype=torch.int32, device=x.device)
-    high = 0
-    for hist, shift in zip(hists, (24, 16, 8, 0)):
-        _radix_histogram[(n * nb,)](x, x if h is None else h, hist, prefix, skip, start, end, seg, p, nseg, nb,
-                                    shift, high, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
-        _radix_pick[(n * nseg,)](hist, prefix, remaining, skip, shift)
-        high = high | (0xFF << shift)
-        if high >= 2**31:
-            high -= 2**32  # keep the mask an int32
-    return prefix, hists[3]
+        firsts.append(sum(counts))
+        counts.append(-(-d // block))
+        starts.append(sum(sizes[:len(starts)]))
+    per_segment = torch.tensor([starts, list(sizes), list(ks), ranks, firsts, counts], dtype=torch.int32,
+                               device=device)
+    return (*per_segment, max(caps), min(sample, triton.next_power_of_2(max(sizes))))
 
 
 def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: tuple[int, ...],
                 sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each segment's k-th largest |r| (r = x - h) and the ties to keep, for `residual` mode 3, with no host
-    synchronization: aux (N, L, 2) int32 (the threshold's float bits, ties equal to it to keep) and
-    (N, NB) int32 (ties in the segment's blocks before each block).
+    """Each segment's k-th largest |r| (r = x - h) and the ties to keep, for `residual` mode 3, in three
+    launches and no host synchronization: aux (N, L, 2) int32 (the threshold's float bits; the ties equal to
+    it to keep, -1 for all of them) and before (N, NB) int32 (ties in the segment's blocks before each block,
+    written only where some ties are dropped).
 
-    Common case, one read of r: a strided sample gives a value lo just below the k-th largest; one pass
-    gathers every entry >= lo into a buffer of a few percent of r, and a radix select on that buffer finds
-    the threshold. Where lo missed (fewer than k candidates, more than fit, or lo = 0), the same launches
-    run the radix select over the whole of r for those segments alone; the others skip it. Where ties at
-    the threshold must be split, one more read counts them by block.
+    Common case, one read of r: a strided sample gives a value lo just below the k-th largest (_sample_lo);
+    one pass gathers every entry >= lo into a buffer of a few percent of r (_compact), and a radix select on
+    that buffer finds the threshold (_select). A segment with fewer than k nonzeros (its sample's lo is 0)
+    has threshold 0. Where lo missed (fewer than k candidates, or more than fit), _select runs the radix
+    select over that whole segment instead: exact, but one program reads the segment four times, so a
+    segment of millions whose sample misses costs milliseconds.
     """
     n, p = x.shape
-    start, end, seg, first = table
+    start, end, seg, _ = table
     nb, L = start.numel(), len(sizes)
-    dev = x.device
     hh = x if h is None else h
-    cols, valid, rank, C, kk, buf_table = _sample_plan(sizes, ks, dev, SAMPLE, SEG_BLOCK)
-
-    # 1. lo from the sample (N, L, S): bits of |r|, -1 where a short segment has no sample
-    sample = x[:, cols] if h is None else x[:, cols] - h[:, cols]
-    sbits = torch.where(valid, sample.abs().view(torch.int32), -1)
-    lo = sbits.sort(dim=2, descending=True).values.gather(2, rank.expand(n, L, 1)).squeeze(2).contiguous()
-
-    # 2. every entry >= lo into the buffer (N, L, C), unused slots +0.0; the exact threshold among them
-    count = torch.zeros(n, L, dtype=torch.int32, device=dev)
-    buf = torch.zeros(n, L, C, dtype=torch.int32, device=dev)
+    seg_start, size, k, rank, first, nblocks, C, S = _plan(sizes, ks, x.device, SAMPLE, SEG_BLOCK)
+    lo = torch.empty(n, L, dtype=torch.int32, device=x.device)
+    _sample_lo[(n * L,)](x, hh, lo, seg_start, size, rank, p, L, HAS_HAT=h is not None, S=S)
+    count = torch.zeros(n, L, dtype=torch.int32, device=x.device)
+    buf = torch.empty(n, L, C, dtype=torch.int32, device=x.device)
     _compact[(n * nb,)](x, hh, lo, count, buf, start, end, seg, p, L, nb, C, HAS_HAT=h is not None,
                         BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
-    room = kk.expand(n, L).to(torch.int32).contiguous()
-    tau, last = _radix(buf.view(n, L * C).view(torch.float32), None, buf_table, L, torch.zeros_like(room), room)
-    ties = last.gather(2, (tau & 0xFF).long().unsqueeze(2)).squeeze(2)  # candidates equal to tau
-    found = (count >= kk) & (count <= C) & (lo > 0)  # the buffer held the k-th largest: tau is exact
-
-    # 3. the radix select over r, for the segments step 2 could not settle (the others skip every pass)
-    remaining = kk.expand(n, L).to(torch.int32).contiguous()
-    prefix, _ = _radix(x, h, table, L, found.to(torch.int32), remaining)
-    aux = torch.where(found.unsqueeze(2), torch.stack([tau, room], 2), torch.stack([prefix, remaining], 2))
-    aux = aux.contiguous()
-
-    # 4. where only some of the entries equal to the threshold are kept (ties are common at large d: two of
-    # 10M float32 values share their bits), count them by block, so that the lowest indices win
-    simple = found & (ties == room)  # every tie kept: their order does not matter
-    per_block = torch.empty(n, nb, dtype=torch.int32, device=dev)
-    _tie_counts[(n * nb,)](x, hh, per_block, aux, simple.to(torch.int32), start, end, seg, p, L, nb,
-                           HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
-    inclusive = per_block.cumsum(1)
-    f = first.long()
-    before = inclusive - per_block - torch.where(f > 0, inclusive.gather(1, (f - 1).clamp(min=0).expand(n, nb)), 0)
-    before = torch.where(simple.gather(1, seg.long().expand(n, nb)), 0, before)
-    return aux.contiguous(), before.to(torch.int32).contiguous()
+    aux = torch.empty(n, L, 2, dtype=torch.int32, device=x.device)
+    before = torch.empty(n, nb, dtype=torch.int32, device=x.device)
+    _select[(n * L,)](x, hh, lo, count, buf, aux, before, start, end, seg_start, size, k, first, nblocks, p, L,
+                      nb, C, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
+    return aux, before
