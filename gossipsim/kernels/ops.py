@@ -92,10 +92,11 @@ def raw_bits(comp: Compressor, n: int, width: int, device) -> torch.Tensor:
 
 
 def _seed(generator: torch.Generator | None) -> int:
-    """A fresh Philox seed from torch's CPU generator (no device sync): 38 bits, so that the kernel's keys
-    seed * 2^24 + row (one stream per agent) of two calls coincide only if their seeds do."""
+    """A fresh Philox seed from torch's CPU generator (no device sync): below 2^38, so that the kernel's keys
+    seed * 2^24 + row (one stream per agent) of two calls coincide only if their seeds do, and at least 2^31,
+    so that Triton always types it int64 (a seed below would compile a second kernel, mid-run)."""
     gen = generator if generator is not None and generator.device.type == "cpu" else None
-    return int(torch.randint(2**38, (1,), generator=gen))  # seed * 2^24 + row < 2^63
+    return int(torch.randint(2**31, 2**38, (1,), generator=gen))  # seed * 2^24 + row < 2^63
 
 
 def _apply(comp: Compressor, x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, generator) -> None:
