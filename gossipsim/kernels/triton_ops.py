@@ -182,77 +182,94 @@ def _r_bits(x_ptr, h_ptr, row, cols, m, P, HAS_HAT: tl.constexpr):
 
 @triton.jit
 def _sample_lo(x_ptr, h_ptr, lo_ptr, start_ptr, size_ptr, rank_ptr, P, L, HAS_HAT: tl.constexpr, S: tl.constexpr,
-               CHUNK: tl.constexpr):
-    # one program per (row, segment): lo = the (rank + 1)-th largest of s <= S strided entries of |r| (bits),
-    # by the radix select of _select
+               MASKED: tl.constexpr):
+    # one program per (row, segment): lo = the (rank + 1)-th largest of s strided entries of |r| (bits), by
+    # the radix select _select uses, on the sample held in registers
     i = tl.program_id(0).to(tl.int64)
     row, seg = i // L, i % L
     d = tl.load(size_ptr + seg).to(tl.int64)
     s = tl.minimum(d, S)
-    begin = tl.load(start_ptr + seg)
+    j = tl.arange(0, S).to(tl.int64)
+    valid = j < s
+    bits = _r_bits(x_ptr, h_ptr, row, tl.load(start_ptr + seg) + j * d // s, valid, P, HAS_HAT)
     remaining = tl.load(rank_ptr + seg) + 1
-    prefix, high = remaining * 0, remaining * 0
-    for p in range(8):
-        shift = 28 - 4 * p
-        counts = tl.zeros([16], dtype=tl.int32)
-        for c in range(0, S, CHUNK):
-            j = c + tl.arange(0, CHUNK).to(tl.int64)
-            valid = j < s
-            bits = _r_bits(x_ptr, h_ptr, row, begin + j * d // s, valid, P, HAS_HAT)
-            counts += _count16(bits, valid & ((bits & high) == prefix), shift)
-        prefix, remaining, _ = _pick(counts, prefix, remaining, shift)
-        high = high | (15 << shift)
+    prefix = remaining * 0
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 24, 0, MASKED)
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 16, 0x7F000000, MASKED)
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 8, 0x7FFF0000, MASKED)
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 0, 0x7FFFFF00, MASKED)
     tl.store(lo_ptr + i, prefix)
 
 
 @triton.jit
+def _sample_pass(bits, valid, prefix, remaining, SHIFT: tl.constexpr, HIGH: tl.constexpr, MASKED: tl.constexpr):
+    counts = _masked_histogram((bits >> SHIFT) & 0xFF, valid & ((bits & HIGH) == prefix), MASKED)
+    prefix, remaining, _ = _pick(counts, prefix, remaining, SHIFT)
+    return prefix, remaining
+
+
+@triton.jit
 def _compact(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, C,
-             HAS_HAT: tl.constexpr, BLOCK: tl.constexpr, ATOMIC: tl.constexpr):
+             HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
     # Appends the bits of every nonzero |r| >= lo[row, seg] to the segment's candidate buffer of C slots;
     # count[row, seg] ends as the number of candidates, also those that did not fit.
     row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
     bits = _r_bits(x_ptr, h_ptr, row, cols, m, P, HAS_HAT)
     cand = m & (bits >= tl.maximum(tl.load(lo_ptr + row * L + seg), 1))
-    if ATOMIC:
-        pos = tl.atomic_add(count_ptr + row * L + seg + tl.zeros([BLOCK], dtype=tl.int64), 1, mask=cand)
-        tl.store(buf_ptr + (row * L + seg) * C + pos, bits, mask=cand & (pos < C))
+    c = cand.to(tl.int32)
+    total = tl.sum(c, axis=0)
+    if total > 0:
+        base = tl.atomic_add(count_ptr + row * L + seg, total)
+        pos = base + tl.cumsum(c, axis=0) - 1
+        keep = cand & (pos < C)
+        tl.store(buf_ptr + (row * L + seg) * C + pos, bits, mask=keep)
+
+
+@triton.jit
+def _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT: tl.constexpr,
+                  SHIFT: tl.constexpr, HIGH: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    # (256,) counts of the 8-bit digit at SHIFT among the entries whose bits above it equal `prefix`; the
+    # entries are the candidate buffer's first `length` (found) or the segment's columns [begin, begin+length)
+    counts = tl.zeros([256], dtype=tl.int32)
+    in_buf = (tl.zeros([BLOCK], dtype=tl.int32) + found) != 0  # a vector: the interpreter masks with no scalar
+    for b in range(0, length, BLOCK):
+        offs = b + tl.arange(0, BLOCK)
+        m = offs < length
+        from_buf = tl.load(buf_ptr + i * C + offs, mask=m & in_buf, other=0)
+        from_r = _r_bits(x_ptr, h_ptr, row, begin + offs, m & ~in_buf, P, HAS_HAT)
+        bits = tl.where(in_buf, from_buf, from_r)
+        counts += _masked_histogram((bits >> SHIFT) & 0xFF, m & ((bits & HIGH) == prefix), MASKED)
+    return counts
+
+
+@triton.jit
+def _masked_histogram(digits, match, MASKED: tl.constexpr):
+    # (256,) counts of the matching digits. Unmasked, entries off the prefix are counted in bin 0 and taken
+    # out again: after the first pass nearly all are off it, and their atomics on one bin serialize.
+    if MASKED:
+        counts = tl.histogram(digits, 256, mask=match)
     else:
-        c = cand.to(tl.int32)
-        total = tl.sum(c, axis=0)
-        if total > 0:
-            base = tl.atomic_add(count_ptr + row * L + seg, total)
-            pos = base + tl.cumsum(c, axis=0) - 1
-            keep = cand & (pos < C)
-            tl.store(buf_ptr + (row * L + seg) * C + pos, bits, mask=keep)
+        counts = tl.histogram(tl.where(match, digits, 0), 256)
+        counts -= tl.where(tl.arange(0, 256) == 0, tl.sum((~match).to(tl.int32), axis=0), 0)
+    return counts
 
 
 @triton.jit
-def _count16(bits, match, shift):
-    # (16,) how many matching entries have each 4-bit digit at `shift`. Counted by comparison rather than
-    # tl.histogram, whose shared-memory atomics serialize when most entries fall in one bin, as they do here
-    # (close magnitudes share their high bits; entries off the prefix are many).
-    digit = (bits >> shift) & 15
-    hits = (digit[:, None] == tl.arange(0, 16)[None, :]) & match[:, None]
-    return tl.sum(hits.to(tl.int32), axis=0)
-
-
-@triton.jit
-def _pick(counts, prefix, remaining, shift):
-    # the largest digit with at least `remaining` entries at or above it, appended to the prefix; the entries
-    # above it leave `remaining`; ties: the entries with that digit
-    bins = tl.arange(0, 16)
+def _pick(counts, prefix, remaining, SHIFT: tl.constexpr):
+    # the largest digit d with at least `remaining` entries at or above it, appended to the prefix
+    bins = tl.arange(0, 256)
     above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts  # entries with digit >= d
     digit = tl.max(tl.where(above >= remaining, bins, -1), axis=0)
     remaining -= tl.sum(tl.where(bins > digit, counts, 0), axis=0)
     ties = tl.sum(tl.where(bins == digit, counts, 0), axis=0)
-    return prefix | (digit << shift), remaining, ties
+    return prefix | (digit << SHIFT), remaining, ties
 
 
 @triton.jit
 def _select(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, aux_ptr, before_ptr, start_ptr, end_ptr, seg_start_ptr,
             size_ptr, k_ptr, first_ptr, nblocks_ptr, P, L, NB, C, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr,
-            CHUNK: tl.constexpr):
-    # One program per (row, segment): the exact k-th largest |r| by a radix select on its float bits, 4 bits
+            MASKED: tl.constexpr):
+    # One program per (row, segment): the exact k-th largest |r| by a radix select on its float bits, 8 bits
     # a pass, over the candidate buffer when it holds the k-th largest, else over the whole segment. When
     # lo = 0 the buffer holds the nonzeros: at least k of them hold the k-th largest; fewer put it at 0.
     i = tl.program_id(0).to(tl.int64)
@@ -264,22 +281,19 @@ def _select(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, aux_ptr, before_ptr, start
     zero = (count < k) & (tl.load(lo_ptr + i) == 0)  # fewer than k nonzeros, all of them candidates
     begin = tl.load(seg_start_ptr + seg).to(tl.int64)
     length = tl.where(found != 0, count, tl.where(zero, 0, d))
-    prefix, remaining, ties, high = k * 0, k, k * 0, k * 0
-    # 4 bits a pass, from the top; masked loads read only the buffer (found) or only r (not found)
-    in_buf = (tl.zeros([CHUNK], dtype=tl.int32) + found) != 0  # a vector: the interpreter masks with no scalar
-    for p in range(8):
-        shift = 28 - 4 * p
-        counts = tl.zeros([16], dtype=tl.int32)
-        for c in range(0, length, CHUNK):
-            offs = c + tl.arange(0, CHUNK)
-            m = offs < length
-            from_buf = tl.load(buf_ptr + i * C + offs, mask=m & in_buf, other=0)
-            from_r = _r_bits(x_ptr, h_ptr, row, begin + offs, m & ~in_buf, P, HAS_HAT)
-            bits = tl.where(in_buf, from_buf, from_r)
-            counts += _count16(bits, m & ((bits & high) == prefix), shift)
-        prefix, remaining, ties = _pick(counts, prefix, remaining, shift)
-        high = high | (15 << shift)
-    tau, room = prefix, remaining  # ties: entries equal to tau, room of them kept
+    prefix, remaining = k * 0, k
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 24, 0,
+                           BLOCK, MASKED)
+    prefix, remaining, ties = _pick(counts, prefix, remaining, 24)
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 16,
+                           0x7F000000, BLOCK, MASKED)
+    prefix, remaining, ties = _pick(counts, prefix, remaining, 16)
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 8,
+                           0x7FFF0000, BLOCK, MASKED)
+    prefix, remaining, ties = _pick(counts, prefix, remaining, 8)
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 0,
+                           0x7FFFFF00, BLOCK, MASKED)
+    tau, room, ties = _pick(counts, prefix, remaining, 0)  # ties: entries equal to tau, room of them kept
     tau = tl.where(zero, 0, tau)
     room = tl.where(zero, k - count, room)
     ties = tl.where(zero, d - count, ties)
@@ -297,9 +311,7 @@ def _select(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, aux_ptr, before_ptr, start
 
 
 SAMPLE = 2048  # entries a segment's threshold is first estimated from (a power of 2)
-CHUNK = 512  # entries a radix pass of _sample_lo and _select counts at once: a (CHUNK, 16) comparison
-SELECT_WARPS = 4
-COMPACT_ATOMIC = False
+MASKED_HISTOGRAM = True  # tl.histogram(mask=) (Triton >= 3.4) rather than counting the entries off the prefix in bin 0
 
 
 @functools.lru_cache(maxsize=64)
@@ -347,13 +359,14 @@ def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: tuple[int, .
     hh = x if h is None else h
     seg_start, size, k, rank, first, nblocks, C, S = _plan(sizes, ks, x.device, SAMPLE, SEG_BLOCK)
     lo = torch.empty(n, L, dtype=torch.int32, device=x.device)
-    _sample_lo[(n * L,)](x, hh, lo, seg_start, size, rank, p, L, HAS_HAT=h is not None, S=S, CHUNK=min(S, CHUNK))
+    _sample_lo[(n * L,)](x, hh, lo, seg_start, size, rank, p, L, HAS_HAT=h is not None, S=S,
+                         MASKED=MASKED_HISTOGRAM)
     count = torch.zeros(n, L, dtype=torch.int32, device=x.device)
     buf = torch.empty(n, L, C, dtype=torch.int32, device=x.device)
     _compact[(n * nb,)](x, hh, lo, count, buf, start, end, seg, p, L, nb, C, HAS_HAT=h is not None,
-                        BLOCK=SEG_BLOCK, ATOMIC=COMPACT_ATOMIC, num_warps=SEG_WARPS)
+                        BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
     aux = torch.empty(n, L, 2, dtype=torch.int32, device=x.device)
     before = torch.empty(n, nb, dtype=torch.int32, device=x.device)
     _select[(n * L,)](x, hh, lo, count, buf, aux, before, start, end, seg_start, size, k, first, nblocks, p, L,
-                      nb, C, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, CHUNK=CHUNK, num_warps=SELECT_WARPS)
+                      nb, C, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, MASKED=MASKED_HISTOGRAM, num_warps=SEG_WARPS)
     return aux, before
