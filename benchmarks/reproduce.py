@@ -35,6 +35,9 @@ SETUPS = {
     "compression": [
         ("dsgd (uncompressed)", {}),
         ("choco, top-1%", dict(algorithm="choco", compressor="top_k:0.01", compress_per="layer", gamma=0.1)),
+        # at full size gamma 0.1 diverges (so does 0.05, later): the step the 100 epochs need
+        ("choco, top-1%, gamma 0.02", dict(algorithm="choco", compressor="top_k:0.01", compress_per="layer",
+                                           gamma=0.02)),
         ("adagossip, top-1%", dict(algorithm="adagossip", compressor="top_k:0.01", compress_per="layer",
                                    gamma=0.002)),
         ("choco, QSGD 4-bit", dict(algorithm="choco", compressor="qsgd:15,scaled", compress_per="layer",

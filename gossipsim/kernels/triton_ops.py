@@ -181,8 +181,7 @@ def _r_bits(x_ptr, h_ptr, row, cols, m, P, HAS_HAT: tl.constexpr):
 
 
 @triton.jit
-def _sample_lo(x_ptr, h_ptr, lo_ptr, start_ptr, size_ptr, rank_ptr, P, L, HAS_HAT: tl.constexpr, S: tl.constexpr,
-               MASKED: tl.constexpr):
+def _sample_lo(x_ptr, h_ptr, lo_ptr, start_ptr, size_ptr, rank_ptr, P, L, HAS_HAT: tl.constexpr, S: tl.constexpr):
     # one program per (row, segment): lo = the (rank + 1)-th largest of s strided entries of |r| (bits), by
     # the radix select _select uses, on the sample held in registers
     i = tl.program_id(0).to(tl.int64)
@@ -194,16 +193,16 @@ def _sample_lo(x_ptr, h_ptr, lo_ptr, start_ptr, size_ptr, rank_ptr, P, L, HAS_HA
     bits = _r_bits(x_ptr, h_ptr, row, tl.load(start_ptr + seg) + j * d // s, valid, P, HAS_HAT)
     remaining = tl.load(rank_ptr + seg) + 1
     prefix = remaining * 0
-    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 24, 0, MASKED)
-    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 16, 0x7F000000, MASKED)
-    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 8, 0x7FFF0000, MASKED)
-    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 0, 0x7FFFFF00, MASKED)
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 24, 0)
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 16, 0x7F000000)
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 8, 0x7FFF0000)
+    prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 0, 0x7FFFFF00)
     tl.store(lo_ptr + i, prefix)
 
 
 @triton.jit
-def _sample_pass(bits, valid, prefix, remaining, SHIFT: tl.constexpr, HIGH: tl.constexpr, MASKED: tl.constexpr):
-    counts = _masked_histogram((bits >> SHIFT) & 0xFF, valid & ((bits & HIGH) == prefix), MASKED)
+def _sample_pass(bits, valid, prefix, remaining, SHIFT: tl.constexpr, HIGH: tl.constexpr):
+    counts = tl.histogram((bits >> SHIFT) & 0xFF, 256, mask=valid & ((bits & HIGH) == prefix))
     prefix, remaining, _ = _pick(counts, prefix, remaining, SHIFT)
     return prefix, remaining
 
@@ -227,7 +226,7 @@ def _compact(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, start_ptr, end_ptr, seg_p
 
 @triton.jit
 def _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT: tl.constexpr,
-                  SHIFT: tl.constexpr, HIGH: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr):
+                  SHIFT: tl.constexpr, HIGH: tl.constexpr, BLOCK: tl.constexpr):
     # (256,) counts of the 8-bit digit at SHIFT among the entries whose bits above it equal `prefix`; the
     # entries are the candidate buffer's first `length` (found) or the segment's columns [begin, begin+length)
     counts = tl.zeros([256], dtype=tl.int32)
@@ -238,19 +237,7 @@ def _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P
         from_buf = tl.load(buf_ptr + i * C + offs, mask=m & in_buf, other=0)
         from_r = _r_bits(x_ptr, h_ptr, row, begin + offs, m & ~in_buf, P, HAS_HAT)
         bits = tl.where(in_buf, from_buf, from_r)
-        counts += _masked_histogram((bits >> SHIFT) & 0xFF, m & ((bits & HIGH) == prefix), MASKED)
-    return counts
-
-
-@triton.jit
-def _masked_histogram(digits, match, MASKED: tl.constexpr):
-    # (256,) counts of the matching digits. Unmasked, entries off the prefix are counted in bin 0 and taken
-    # out again: after the first pass nearly all are off it, and their atomics on one bin serialize.
-    if MASKED:
-        counts = tl.histogram(digits, 256, mask=match)
-    else:
-        counts = tl.histogram(tl.where(match, digits, 0), 256)
-        counts -= tl.where(tl.arange(0, 256) == 0, tl.sum((~match).to(tl.int32), axis=0), 0)
+        counts += tl.histogram((bits >> SHIFT) & 0xFF, 256, mask=m & ((bits & HIGH) == prefix))
     return counts
 
 
@@ -267,8 +254,7 @@ def _pick(counts, prefix, remaining, SHIFT: tl.constexpr):
 
 @triton.jit
 def _select(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, aux_ptr, before_ptr, start_ptr, end_ptr, seg_start_ptr,
-            size_ptr, k_ptr, first_ptr, nblocks_ptr, P, L, NB, C, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr,
-            MASKED: tl.constexpr):
+            size_ptr, k_ptr, first_ptr, nblocks_ptr, P, L, NB, C, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
     # One program per (row, segment): the exact k-th largest |r| by a radix select on its float bits, 8 bits
     # a pass, over the candidate buffer when it holds the k-th largest, else over the whole segment. When
     # lo = 0 the buffer holds the nonzeros: at least k of them hold the k-th largest; fewer put it at 0.
@@ -283,16 +269,16 @@ def _select(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, aux_ptr, before_ptr, start
     length = tl.where(found != 0, count, tl.where(zero, 0, d))
     prefix, remaining = k * 0, k
     counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 24, 0,
-                           BLOCK, MASKED)
+                           BLOCK)
     prefix, remaining, ties = _pick(counts, prefix, remaining, 24)
     counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 16,
-                           0x7F000000, BLOCK, MASKED)
+                           0x7F000000, BLOCK)
     prefix, remaining, ties = _pick(counts, prefix, remaining, 16)
     counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 8,
-                           0x7FFF0000, BLOCK, MASKED)
+                           0x7FFF0000, BLOCK)
     prefix, remaining, ties = _pick(counts, prefix, remaining, 8)
     counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 0,
-                           0x7FFFFF00, BLOCK, MASKED)
+                           0x7FFFFF00, BLOCK)
     tau, room, ties = _pick(counts, prefix, remaining, 0)  # ties: entries equal to tau, room of them kept
     tau = tl.where(zero, 0, tau)
     room = tl.where(zero, k - count, room)
@@ -311,7 +297,6 @@ def _select(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, aux_ptr, before_ptr, start
 
 
 SAMPLE = 2048  # entries a segment's threshold is first estimated from (a power of 2)
-MASKED_HISTOGRAM = True  # tl.histogram(mask=) (Triton >= 3.4) rather than counting the entries off the prefix in bin 0
 
 
 @functools.lru_cache(maxsize=64)
@@ -359,8 +344,7 @@ def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: tuple[int, .
     hh = x if h is None else h
     seg_start, size, k, rank, first, nblocks, C, S = _plan(sizes, ks, x.device, SAMPLE, SEG_BLOCK)
     lo = torch.empty(n, L, dtype=torch.int32, device=x.device)
-    _sample_lo[(n * L,)](x, hh, lo, seg_start, size, rank, p, L, HAS_HAT=h is not None, S=S,
-                         MASKED=MASKED_HISTOGRAM)
+    _sample_lo[(n * L,)](x, hh, lo, seg_start, size, rank, p, L, HAS_HAT=h is not None, S=S)
     count = torch.zeros(n, L, dtype=torch.int32, device=x.device)
     buf = torch.empty(n, L, C, dtype=torch.int32, device=x.device)
     _compact[(n * nb,)](x, hh, lo, count, buf, start, end, seg, p, L, nb, C, HAS_HAT=h is not None,
@@ -368,5 +352,5 @@ def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: tuple[int, .
     aux = torch.empty(n, L, 2, dtype=torch.int32, device=x.device)
     before = torch.empty(n, nb, dtype=torch.int32, device=x.device)
     _select[(n * L,)](x, hh, lo, count, buf, aux, before, start, end, seg_start, size, k, first, nblocks, p, L,
-                      nb, C, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, MASKED=MASKED_HISTOGRAM, num_warps=SEG_WARPS)
+                      nb, C, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
     return aux, before
