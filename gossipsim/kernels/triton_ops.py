@@ -202,7 +202,9 @@ def _sample_lo(x_ptr, h_ptr, lo_ptr, start_ptr, size_ptr, rank_ptr, P, L, HAS_HA
 
 @triton.jit
 def _sample_pass(bits, valid, prefix, remaining, SHIFT: tl.constexpr, HIGH: tl.constexpr):
-    counts = tl.histogram((bits >> SHIFT) & 0xFF, 256, mask=valid & ((bits & HIGH) == prefix))
+    match = valid & ((bits & HIGH) == prefix)
+    counts = tl.histogram(tl.where(match, (bits >> SHIFT) & 0xFF, 0), 256)
+    counts -= tl.where(tl.arange(0, 256) == 0, tl.sum((~match).to(tl.int32), axis=0), 0)
     prefix, remaining, _ = _pick(counts, prefix, remaining, SHIFT)
     return prefix, remaining
 
@@ -229,6 +231,7 @@ def _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P
                   SHIFT: tl.constexpr, HIGH: tl.constexpr, BLOCK: tl.constexpr):
     # (256,) counts of the 8-bit digit at SHIFT among the entries whose bits above it equal `prefix`; the
     # entries are the candidate buffer's first `length` (found) or the segment's columns [begin, begin+length)
+    bins = tl.arange(0, 256)
     counts = tl.zeros([256], dtype=tl.int32)
     in_buf = (tl.zeros([BLOCK], dtype=tl.int32) + found) != 0  # a vector: the interpreter masks with no scalar
     for b in range(0, length, BLOCK):
@@ -237,7 +240,10 @@ def _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P
         from_buf = tl.load(buf_ptr + i * C + offs, mask=m & in_buf, other=0)
         from_r = _r_bits(x_ptr, h_ptr, row, begin + offs, m & ~in_buf, P, HAS_HAT)
         bits = tl.where(in_buf, from_buf, from_r)
-        counts += tl.histogram((bits >> SHIFT) & 0xFF, 256, mask=m & ((bits & HIGH) == prefix))
+        match = m & ((bits & HIGH) == prefix)
+        # entries off the prefix (and masked lanes) are counted in bin 0, then taken out of it again
+        block = tl.histogram(tl.where(match, (bits >> SHIFT) & 0xFF, 0), 256)
+        counts += block - tl.where(bins == 0, BLOCK - tl.sum(match.to(tl.int32), axis=0), 0)
     return counts
 
 
