@@ -62,6 +62,7 @@ def cmd_run(argv: list[str]) -> int:
     cfg = Config.from_dict({**values, **overrides})
     engine = build(cfg)
     print(engine.describe_partition(), file=sys.stderr)
+    print(f"memory: {engine.memory.describe()} at the peak of a round, besides the data", file=sys.stderr)
     history = engine.run(cfg.rounds)
     row = {"algorithm": cfg.algorithm, **history[-1], "samples_per_s": engine.summary()["samples_per_s"]}
     print(results_table([row]))

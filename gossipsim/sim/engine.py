@@ -48,6 +48,7 @@ class Engine:
     progress: bool = True
     out: str | Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    memory: Any = None  # memory.Estimate of the run's peak, from the preflight in experiment.build
     on_eval: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:

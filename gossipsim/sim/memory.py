@@ -1,0 +1,108 @@
+"""How much memory a run needs, estimated before it allocates any: the preflight `experiment.build` runs.
+
+Nothing here allocates on the device: the algorithm's state is built on the meta device, and the model's
+activations are measured by a forward pass of its meta template with hooks on every leaf module.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .algorithms.base import Algorithm
+from .model import StackedModel
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """Bytes a run holds at its peak, by what holds them."""
+
+    parts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        """One line: 'about 3.21 GiB (state 1.00 GiB, gradients 512.0 MiB, ...)'."""
+        return f"about {size(self.total)} ({', '.join(f'{k} {size(v)}' for k, v in self.parts.items())})"
+
+
+def size(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def activation_bytes(template: nn.Module, input_shape: Sequence[int]) -> int:
+    """Bytes of every leaf module's float32 output for one forward pass of `template` (a meta module) on
+    an input of `input_shape`: what autograd keeps for the backward pass, to a first approximation."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        total += sum(t.numel() * 4 for t in _tensors(output))
+
+    leaves = [m for m in template.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        template(torch.empty(*input_shape, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def estimate(model: StackedModel, algorithm: Algorithm, batch_size: int, sample_shape: Sequence[int],
+             dtype: torch.dtype) -> Estimate:
+    """What a round allocates at its peak besides the datasets: the algorithm's state (x and its copies)
+    and the BatchNorm buffers, the gradient, the step's temporaries (about two (N, P) arrays: a gradient
+    step's and a gossip product's outputs), and the activations of the agents trained at once (forward
+    outputs kept for the backward pass, and as many again for their gradients)."""
+    n, p = model.n, model.P
+    width = torch.empty((), dtype=dtype).element_size()
+    state = algorithm.init(torch.empty(n, p, dtype=dtype, device="meta"))
+    at_once = {"loop": 1, "chunked": min(n, model.chunk_size)}.get(model.backend, n)  # vmap, and auto's worst
+    per_agent = activation_bytes(model.template, (batch_size, *sample_shape)) * width // 4
+    return Estimate({
+        "state": sum(t.numel() * t.element_size() for t in _tensors(state)) + n * model.Pbuf * width,
+        "gradients": n * p * width,
+        "step temporaries": 2 * n * p * width,
+        "activations": 2 * at_once * per_agent,
+    })
+
+
+def available(device: torch.device) -> int | None:
+    """Bytes free on `device` now: the CUDA allocator's view of the GPU, MemAvailable on a Linux host;
+    None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(
+            device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def check(est: Estimate, device: torch.device, free: int | None = None) -> None:
+    """Refuse, in one line naming both figures, a run whose estimate exceeds what `device` has free."""
+    free = available(device) if free is None else free
+    if free is not None and est.total > free:
+        raise ConfigError(f"this run needs {est.describe()} on {device}, but {size(free)} is free; fewer agents, "
+                          f"a smaller batch_size, backend=chunked (with a chunk_size) or backend=loop need less")
