@@ -1,6 +1,8 @@
 """The memory preflight: what it counts, and the refusal of a run that cannot fit."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -54,3 +56,40 @@ def test_check_refuses_in_one_line_naming_both_figures():
         memory.check(est, torch.device("cpu"), free=memory.GIB)
     assert "\n" not in str(e.value)
     assert memory.available(torch.device("cpu")) is None or memory.available(torch.device("cpu")) > 0
+
+
+def test_plan_chunks_the_agents_of_auto_to_fit_and_refuses_what_cannot():
+    cpu = torch.device("cpu")
+
+    def make(backend):
+        return StackedModel(mlp, 16, backend=backend), algorithms.make("dsgd", lr=0.1, momentum=0.9)
+
+    model, algo = make("auto")
+    full = memory.estimate(model, algo, 64, (3, 4), torch.float32)
+    per_agent = full.parts["activations"] // 16
+    rest = full.total - full.parts["activations"]
+    assert memory.plan(model, algo, 64, (3, 4), torch.float32, cpu, free=full.total) == full  # fits: unchanged
+    assert model.backend == "auto"
+    free = rest + 5 * per_agent + per_agent // 2  # room for 5 agents' activations
+    est = memory.plan(model, algo, 64, (3, 4), torch.float32, cpu, free=free)
+    assert (model.backend, model.chunk_size) == ("chunked", 5)
+    assert est.total <= free and est.parts["activations"] == 5 * per_agent and "5 agents at a time" in est.note
+    assert est.note in est.describe()
+    for backend, room in (("vmap", free), ("auto", rest + per_agent - 1)):  # a backend chosen; not one agent
+        model, algo = make(backend)
+        with pytest.raises(ConfigError, match="is free"):
+            memory.plan(model, algo, 64, (3, 4), torch.float32, cpu, free=room)
+
+
+def test_a_run_that_fits_only_in_chunks_trains_in_chunks(monkeypatch, tmp_path):
+    from gossipsim.sim import Config, build
+
+    cfg = Config(agents=8, rounds=2, eval_every=2, batch_size=16, progress=False, out=str(tmp_path / "r"))
+    monkeypatch.setattr(memory, "available", lambda device: 10**12)
+    roomy = build(cfg)
+    per_agent = roomy.memory.parts["activations"] // 8
+    monkeypatch.setattr(memory, "available", lambda device: roomy.memory.total - 5 * per_agent)
+    engine = build(dataclasses.replace(cfg, out=str(tmp_path / "s")))
+    assert (engine.model.backend, engine.model.chunk_size) == ("chunked", 3)
+    rows = engine.run(2)
+    assert torch.isfinite(torch.tensor(rows[-1]["train_loss"]))

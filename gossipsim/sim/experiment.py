@@ -38,8 +38,8 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     factory = functools.partial(models.make, cfg.model, **{k: v for k, v in model_args.items() if k in accepted})
     model = StackedModel(factory, cfg.agents, backend=cfg.backend, chunk_size=cfg.chunk_size or None, bn=cfg.bn)
     algo = algorithms.make(cfg.algorithm, **_hyper(cfg, model))
-    est = memory.estimate(model, algo, cfg.batch_size, train.shape, getattr(torch, cfg.dtype))
-    memory.check(est, device)  # the datasets are on the device already: what is free is what the run can take
+    # the datasets are on the device already: what is free is what the run can take
+    est = memory.plan(model, algo, cfg.batch_size, train.shape, getattr(torch, cfg.dtype), device)
     safe = re.sub(r"[^A-Za-z0-9.]+", "_", topo.name).strip("_")  # matcha(ring8, budget=0.5) -> matcha_ring8_budget_0.5
     out = cfg.out or f"runs/{cfg.algorithm}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
     kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,

@@ -20,9 +20,10 @@ GIB = 2**30
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """Bytes a run holds at its peak, by what holds them."""
+    """Bytes a run holds at its peak, by what holds them; `note` says what the preflight changed."""
 
     parts: dict[str, int]
+    note: str = ""
 
     @property
     def total(self) -> int:
@@ -30,7 +31,8 @@ class Estimate:
 
     def describe(self) -> str:
         """One line: 'about 3.21 GiB (state 1.00 GiB, gradients 512.0 MiB, ...)'."""
-        return f"about {size(self.total)} ({', '.join(f'{k} {size(v)}' for k, v in self.parts.items())})"
+        text = f"about {size(self.total)} ({', '.join(f'{k} {size(v)}' for k, v in self.parts.items())})"
+        return f"{text}; {self.note}" if self.note else text
 
 
 def size(n: int) -> str:
@@ -106,3 +108,29 @@ def check(est: Estimate, device: torch.device, free: int | None = None) -> None:
     if free is not None and est.total > free:
         raise ConfigError(f"this run needs {est.describe()} on {device}, but {size(free)} is free; fewer agents, "
                           f"a smaller batch_size, backend=chunked (with a chunk_size) or backend=loop need less")
+
+
+def plan(model: StackedModel, algorithm: Algorithm, batch_size: int, sample_shape: Sequence[int],
+         dtype: torch.dtype, device: torch.device, free: int | None = None) -> Estimate:
+    """The preflight: the run's estimate, after training the agents in chunks where that makes it fit.
+
+    With backend `auto`, when all N agents' activations at once would not fit in what `device` has free,
+    the model is set to `chunked` with the largest chunk that fits (auto's timing would run out of memory
+    trying vmap). A run that still cannot fit, or fits only by chunking a backend the user chose, is
+    refused by `check`."""
+    free = available(device) if free is None else free
+    est = estimate(model, algorithm, batch_size, sample_shape, dtype)
+    if free is None or est.total <= free or model.backend != "auto":
+        check(est, device, free)
+        return est
+    per_agent = est.parts["activations"] // model.n
+    rest = est.total - est.parts["activations"]
+    chunk = min(model.n - 1, (free - rest) // per_agent) if per_agent else 0
+    if chunk < 1:
+        check(est, device, free)  # refuses: not even one agent at a time fits
+    model.backend, model.chunk_size = "chunked", int(chunk)
+    est = dataclasses.replace(estimate(model, algorithm, batch_size, sample_shape, dtype),
+                              note=f"all {model.n} agents at once would need {size(rest + per_agent * model.n)}: "
+                                   f"backend chunked, {chunk} agents at a time")
+    check(est, device, free)
+    return est
