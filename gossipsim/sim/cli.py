@@ -1,4 +1,4 @@
-"""The command line: `gossipsim run [CONFIG.toml] [--key=value ...]`.
+"""The command line: `gossipsim run [CONFIG.toml] [--key=value ...]`, `gossipsim graphs`, `gossipsim bench`.
 
 Exit status: 0 success, 2 a bad configuration or argument (one line on stderr, never a traceback),
 130 interrupted.
@@ -125,15 +125,30 @@ def cmd_graphs(argv: list[str]) -> int:
     return 0
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """`gossipsim bench [--quick] [--device D] [--out PATH]`: every benchmark, written up in RESULTS.md."""
+    from . import bench
+
+    parser = argparse.ArgumentParser(prog="gossipsim bench", description="Run every benchmark and write "
+                                     "benchmarks/RESULTS.md (tables, device, versions, date) and scaling.png.")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and shorter timing (< 2 min on 2 cores)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when present")
+    parser.add_argument("--out", default=None, help="the report's path (default benchmarks/RESULTS.md)")
+    ns = parser.parse_args(argv)
+    bench.run(quick=ns.quick, device=ns.device, out=ns.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="gossipsim", description="Simulate decentralized (gossip) training "
                                      "of N agents on one device.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument("command", nargs="?", choices=["run", "graphs"],
-                        help="run: train (no arguments: the quickstart); graphs: describe topologies")
+    parser.add_argument("command", nargs="?", choices=["run", "graphs", "bench"],
+                        help="run: train (no arguments: the quickstart); graphs: describe topologies; "
+                             "bench: run the benchmarks")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG.toml] [--key=value ...]")
-    if argv and argv[0] in ("run", "graphs"):  # everything after the command is its own, --help included
+    if argv and argv[0] in ("run", "graphs", "bench"):  # everything after the command is its own, --help too
         command, rest = argv[0], argv[1:]
     else:
         ns = parser.parse_args(argv)
@@ -146,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         command, rest = ns.command, ns.args
     try:
-        return {"run": cmd_run, "graphs": cmd_graphs}[command](rest)
+        return {"run": cmd_run, "graphs": cmd_graphs, "bench": cmd_bench}[command](rest)
     except ConfigError as e:
         print(f"gossipsim: error: {e}", file=sys.stderr)
         return 2

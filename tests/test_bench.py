@@ -1,0 +1,43 @@
+"""`gossipsim bench`: the report it writes, from real benchmark scripts (the quickest one here)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gossipsim.sim import bench
+from gossipsim.sim.cli import main
+
+
+def test_bench_writes_a_report_with_the_device_versions_and_each_scripts_tables(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "SCRIPTS", [("Gossip", "gossip.py", "the gossip product"),
+                                           ("Broken", "no_such_script.py", "a script that fails")])
+    out = tmp_path / "RESULTS.md"
+    out.write_text("the previous report")
+    assert main(["bench", "--quick", "--device=cpu", f"--out={out}"]) == 0
+    report = out.read_text()
+    assert report.startswith("# Benchmark results\n\n`gossipsim bench --quick --device=cpu`")
+    assert f"torch {torch.__version__}" in report and "- device: " in report
+    assert "## Gossip\n\nthe gossip product.\n\n`python benchmarks/gossip.py --device cpu --quick`" in report
+    assert "| ring64 | 64 | 60000 |" in report  # the script's own table
+    assert "## Broken" in report and "(failed with exit status 2" in report
+    assert json.loads((tmp_path / "results" / "gossip.json").read_text())["rows"]
+    assert "| ring64 |" in capsys.readouterr().out  # shown as it runs
+    assert not (tmp_path / "RESULTS.md.tmp").exists()
+
+
+def test_scaling_plot_from_throughput_json(tmp_path):
+    rates = {"vmap": 100.0, "loop": 80.0, "chunked": None, "auto": 99.0, "naive": 50.0, "limit": 300.0}
+    rows = [dict(model=m, N=n, samples_per_s={k: v and v * n for k, v in rates.items()})
+            for m in ("mlp", "lenet5") for n in (8, 32)]
+    (tmp_path / "t.json").write_text(json.dumps({"rows": rows}))
+    bench.scaling_plot(tmp_path / "t.json", tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="there --device=cuda is a real (long) run")
+def test_bench_on_a_missing_device_is_a_one_line_mistake(capsys):
+    assert main(["bench", "--device=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gossipsim: error: --device=cuda but torch sees no CUDA device") and err.count("\n") == 1
