@@ -9,6 +9,7 @@ Each launcher's pure-torch twin is in ops.py; tests/test_kernels.py checks they 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import torch
@@ -310,7 +311,7 @@ def _plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sam
     """Per segment (each (L,) int32 on the device): its first column, size, k, the sample rank whose value
     brackets the k-th largest from below, its first block and number of blocks; and the candidate buffer's
     size C (one for all segments) and the sample's size S (a power of 2)."""
-    ranks, caps, firsts, counts, starts = [], [], [], [], []
+    ranks, caps = [], []
     for d, k in zip(sizes, ks):
         s = min(d, sample)
         if s == d:  # the whole segment: lo is the exact k-th largest, every candidate fits
@@ -322,9 +323,8 @@ def _plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sam
             r = min(s, math.ceil(mean + 4 * math.sqrt(mean * (1 - q)) + 4))
             ranks.append(r - 1)
             caps.append(min(d, math.ceil(1.5 * r / s * d) + 64))
-        firsts.append(sum(counts))
-        counts.append(-(-d // block))
-        starts.append(sum(sizes[:len(starts)]))
+    counts = [-(-d // block) for d in sizes]
+    starts, firsts = [0, *itertools.accumulate(sizes)][:-1], [0, *itertools.accumulate(counts)][:-1]
     per_segment = torch.tensor([starts, list(sizes), list(ks), ranks, firsts, counts], dtype=torch.int32,
                                device=device)
     return (*per_segment, max(caps), min(sample, triton.next_power_of_2(max(sizes))))

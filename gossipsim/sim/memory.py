@@ -130,7 +130,7 @@ def plan(model: StackedModel, algorithm: Algorithm, batch_size: int, sample_shap
         check(est, device, free)  # refuses: not even one agent at a time fits
     model.backend, model.chunk_size = "chunked", int(chunk)
     est = dataclasses.replace(estimate(model, algorithm, batch_size, sample_shape, dtype),
-                              note=f"all {model.n} agents at once would need {size(rest + per_agent * model.n)}: "
+                              note=f"all {model.n} agents at once would need {size(est.total)}: "
                                    f"backend chunked, {chunk} agents at a time")
     check(est, device, free)
     return est
