@@ -21,6 +21,7 @@ SHAPES = [(1, 1, None), (3, 1000, None), (2, 2500, (7, 1030, 1, 462, 1000)), (5,
 def use_triton(monkeypatch):
     monkeypatch.setenv("GOSSIPSIM_KERNELS", "triton")
     monkeypatch.setattr(T, "SEG_BLOCK", 256)  # small blocks: segments of many blocks, the last one short
+    monkeypatch.setattr(T, "TOPK_BLOCK", 256)
     monkeypatch.setattr(T, "BLOCK", 256)
 
 
@@ -31,11 +32,11 @@ def comp_for(make, layers):
 
 def data(n, p, seed, ties=False):
     g = torch.Generator().manual_seed(seed)
-    if ties:  # few distinct magnitudes: threshold ties everywhere
-        x = torch.randint(-3, 4, (n, p), generator=g).float()
+    if ties:  # few distinct magnitudes of x and of x - h: threshold ties everywhere
+        x, h = torch.randint(-3, 4, (2, n, p), generator=g).float()
     else:
-        x = torch.randn(n, p, generator=g)
-    return x.to(DEVICE), torch.randn(n, p, generator=g).to(DEVICE)
+        x, h = torch.randn(2, n, p, generator=g)
+    return x.to(DEVICE), h.to(DEVICE)
 
 
 @pytest.mark.parametrize("n,p,layers", SHAPES)
@@ -147,19 +148,22 @@ def test_dispatch(monkeypatch):
     assert expand(torch.ones(2, 1), (3,)).shape == (2, 3)
 
 
-@pytest.mark.parametrize("layout", ["random", "ties", "sample_low", "sample_high", "sparse_few", "sparse_many"])
+@pytest.mark.parametrize("layout", ["random", "ties", "tie_pair", "sample_low", "sample_high", "sparse_few",
+                                    "sparse_many"])
 @pytest.mark.parametrize("n,p,layers", SHAPES[1:])
 def test_top_k_sampled_threshold_and_its_fallback(layout, n, p, layers, fresh_seed, use_triton, monkeypatch):
     # A sample of 64 a segment: lo brackets the k-th largest (random), or misses it, low (every entry becomes
-    # a candidate: more than fit) or high (fewer than k candidates); ties overflow the buffer. The radix
-    # fallback must then give the same exact answer.
+    # a candidate: more than fit, where the buffer is smaller than the segment) or high (fewer than k
+    # candidates); ties at the threshold are partly dropped: everywhere, or one pair a segment (tie_pair), which
+    # the buffer's own tie select handles. The slow paths must give the same exact answer.
     monkeypatch.setattr(T, "SAMPLE", 64)
-    fraction = 0.3 if layout == "sample_high" else 0.05  # k above the 64 huge sampled entries
+    fraction = {"sample_high": 0.3, "sample_low": 0.01}.get(layout, 0.05)  # 0.3: k above the 64 sampled
     comp = comp_for(lambda per: kernels.top_k(fraction, per=per), layers)
     x, h = data(n, p, fresh_seed, ties=layout == "ties")
+    sizes, ks = comp.segments(p), tuple(comp.ks(p))
     if layout.startswith("sample"):
         start = 0
-        for d in comp.segments(p):
+        for d in sizes:
             s = min(d, 64)
             cols = start + torch.arange(s) * d // s
             x[:, cols] = h[:, cols] + (1e-6 if layout == "sample_low" else 1e6)
@@ -168,6 +172,28 @@ def test_top_k_sampled_threshold_and_its_fallback(layout, n, p, layers, fresh_se
         g = torch.Generator().manual_seed(fresh_seed)
         zero = torch.rand(n, p, generator=g) > (0.01 if layout == "sparse_few" else 0.1)
         x[zero.to(DEVICE)] = h[zero.to(DEVICE)]
-    expect = h.cpu() + comp.decompress(comp.compress(x.cpu() - h.cpu()))
+    if layout == "tie_pair":  # the entry after each segment's k-th largest becomes equal to it: one is kept
+        start, rows = 0, torch.arange(n, device=DEVICE)
+        for d, k in zip(sizes, ks):
+            if k < d:
+                order = (x - h)[:, start:start + d].abs().argsort(dim=1, descending=True, stable=True) + start
+                j, i = order[:, k - 1], order[:, k]
+                x[rows, i], h[rows, i] = x[rows, j], h[rows, j]
+            start += d
+    r = x - h
+    table = ops._cached_table(sizes, x.device, T.TOPK_BLOCK)
+    written = T.top_k(x, h.clone(), h.clone(), table, ks, sizes) == 1  # (N, L): from the candidate buffer
+    d, k = torch.tensor(sizes, device=DEVICE), torch.tensor(ks, device=DEVICE)
+    C = T._plan(sizes, ks, DEVICE, 64, 256)[6]  # the candidate buffer's size
+    must_miss = {"sample_low": d > C, "sample_high": (d > 64) & (k > 64)}.get(layout)
+    if must_miss is not None:
+        assert not written[:, must_miss].any(), f"{layout} {written}"
+    elif layout == "tie_pair":
+        assert written.all(), f"{layout} {written}"
+    elif layout != "ties":  # many ties overflow the buffer (dense) or not (sparse)
+        assert written.any(), f"{layout} {written}"
+    expect = h.cpu() + comp.decompress(comp.compress(r.cpu()))
     kernels.choco_residual(x, h, comp)
     assert torch.equal(h.cpu(), expect), f"{layout} seed {fresh_seed}"
+    # without x_hat: out is zeroed, then written from the buffer (sparse) or by the dense pass (fallback)
+    assert torch.equal(comp.roundtrip(r)[0].cpu(), comp.decompress(comp.compress(r.cpu()))), f"{layout}"

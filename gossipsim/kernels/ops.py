@@ -106,9 +106,8 @@ def _apply(comp: Compressor, x: torch.Tensor, h: torch.Tensor | None, out: torch
     sizes = comp.segments(width)
     table = _table(sizes, x.device)
     L = len(sizes)
-    dummy = torch.zeros(n, L, dtype=torch.float32, device=x.device)
-    if isinstance(comp, Identity):
-        T.residual(x, h, out, 0, table, L, dummy, dummy)
+    if isinstance(comp, TopK):
+        T.top_k(x, h, out, _cached_table(sizes, x.device, T.TOPK_BLOCK), tuple(comp.ks(width)), sizes)
     elif isinstance(comp, QSGD):
         norms = T.segment_sums(x, h, table, L, 2).sqrt_()  # (N, L)
         s = comp.levels
@@ -117,10 +116,9 @@ def _apply(comp: Compressor, x: torch.Tensor, h: torch.Tensor | None, out: torch
         T.residual(x, h, out, 1, table, L, norms * taus / s, inv, seed=_seed(generator), levels=s)
     elif isinstance(comp, Sign):
         scale = T.segment_sums(x, h, table, L, 1) / _constant(sizes, torch.float32, x.device)
-        T.residual(x, h, out, 2, table, L, scale, dummy)
+        T.residual(x, h, out, 2, table, L, scale, scale)
     else:
-        aux, before = T.topk_select(x, h, table, tuple(comp.ks(width)), sizes)
-        T.residual(x, h, out, 3, table, L, before, aux)
+        T.residual(x, h, out, 0, table, L, x, x)  # identity reads neither
 
 
 def roundtrip(comp: Compressor, r: torch.Tensor, generator: torch.Generator | None = None):
@@ -139,7 +137,8 @@ def choco_residual(x: torch.Tensor, x_hat: torch.Tensor, comp: Compressor,
     """CHOCO's public-copy update x_hat += C(x - x_hat), in place; returns the message bits (N,).
 
     Triton: QSGD and sign take one pass for the segment norms and one to quantize and update (the
-    difference is never stored); top-k takes five reads of x and x_hat for the selection and one update.
+    difference is never stored); top-k reads x and x_hat once (and a sample) and writes x_hat only where it
+    changes (triton_ops.top_k).
     """
     if backend(x) == "triton" and fused(comp) and x.is_contiguous() and x_hat.is_contiguous():
         _apply(comp, x, x_hat, x_hat, generator)

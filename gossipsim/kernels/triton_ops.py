@@ -19,6 +19,10 @@ import triton.language as tl
 BLOCK = 1024  # columns a gossip program: rows sharing a block keep its neighbour rows in L2
 SEG_BLOCK = 4096  # columns a program of the per-segment kernels (norms, quantize, top-k): 16 KB of float32
 SEG_WARPS = 8
+# top-k's compaction holds more live values a column than a norm or a quantizer: at 4096 columns and 8 warps
+# it needs 97 registers a thread, which caps an H100 SM at 2 programs (25% occupancy), latency-bound
+TOPK_BLOCK = 1024
+TOPK_WARPS = 4
 
 
 def blocks(sizes: tuple[int, ...], device, block: int | None = None) -> tuple[torch.Tensor, ...]:
@@ -110,13 +114,11 @@ def segment_sums(x: torch.Tensor, h: torch.Tensor | None, table, n_segments: int
 
 
 @triton.jit(do_not_specialize=["seed"])  # a fresh seed a call: one compiled kernel, not one per seed's kind
-def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg_ptr, first_ptr, P, L, NB, seed,
-              levels,
+def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, seed, levels,
               MODE: tl.constexpr, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
     # q = C(r) with r = x - h (or x), then out = h + q (CHOCO: out is h, updated in place) or out = q.
     # MODE 0 identity; 1 QSGD: scale = ||r|| tau / s, aux = s / ||r||, Philox uniforms keyed by seed * 2^24 + row;
-    # 2 sign: scale = ||r||_1 / d; 3 top-k: aux holds the threshold's bits and the ties to keep (-1: all),
-    # scale the number of ties in the segment's blocks before this one (see topk_select).
+    # 2 sign: scale = ||r||_1 / d. (Top-k writes its own output: `top_k`.)
     row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
     x = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
     h = tl.load(h_ptr + row * P + cols, mask=m, other=0.0) if HAS_HAT else tl.zeros([BLOCK], dtype=tl.float32)
@@ -132,21 +134,9 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
         level = tl.minimum(level + tl.where(u < scaled - level, 1.0, 0.0), levels * 1.0)
         sgn = tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0))
         q = (sgn * level) * scale
-    elif MODE == 2:
+    else:
         scale = tl.load(scale_ptr + row * L + seg)
         q = tl.where(r < 0, -1.0, 1.0) * scale
-    else:
-        tau = tl.load(aux_ptr + (row * L + seg) * 2)
-        room = tl.load(aux_ptr + (row * L + seg) * 2 + 1)
-        bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-        if room < 0:  # every entry equal to tau is kept
-            keep = bits >= tau
-        else:  # the first `room` of them in index order
-            tie = (bits == tau) & m
-            before = tl.load(scale_ptr + row * NB + b)  # ties in the segment's earlier blocks
-            rank = before + tl.cumsum(tie.to(tl.int32), axis=0) - 1
-            keep = (bits > tau) | (tie & (rank < room))
-        q = tl.where(keep, r, 0.0)
     tl.store(out_ptr + row * P + cols, h + q if HAS_HAT else q, mask=m)
 
 
@@ -154,10 +144,10 @@ def residual(x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, mode: i
              scale: torch.Tensor, aux: torch.Tensor, seed: int = 0, levels: int = 1) -> torch.Tensor:
     """out = h + C(x - h) (or C(x)); scale and aux as `_residual` reads them for `mode`."""
     n, p = x.shape
-    start, end, seg, first = table
+    start, end, seg, _ = table
     nb = start.numel()
-    _residual[(n * nb,)](x, x if h is None else h, out, scale, aux, start, end, seg, first, p, n_segments, nb, seed,
-                         levels, MODE=mode, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
+    _residual[(n * nb,)](x, x if h is None else h, out, scale, aux, start, end, seg, p, n_segments, nb, seed, levels,
+                         MODE=mode, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
     return out
 
 
@@ -182,9 +172,10 @@ def _r_bits(x_ptr, h_ptr, row, cols, m, P, HAS_HAT: tl.constexpr):
 
 
 @triton.jit
-def _sample_lo(x_ptr, h_ptr, lo_ptr, start_ptr, size_ptr, rank_ptr, P, L, HAS_HAT: tl.constexpr, S: tl.constexpr):
+def _sample_lo(x_ptr, h_ptr, lo_ptr, count_ptr, start_ptr, size_ptr, rank_ptr, P, L, HAS_HAT: tl.constexpr,
+               S: tl.constexpr):
     # one program per (row, segment): lo = the (rank + 1)-th largest of s strided entries of |r| (bits), by
-    # the radix select _select uses, on the sample held in registers
+    # the radix select _select uses, on the sample held in registers; and the segment's candidate count = 0
     i = tl.program_id(0).to(tl.int64)
     row, seg = i // L, i % L
     d = tl.load(size_ptr + seg).to(tl.int64)
@@ -199,6 +190,7 @@ def _sample_lo(x_ptr, h_ptr, lo_ptr, start_ptr, size_ptr, rank_ptr, P, L, HAS_HA
     prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 8, 0x7FFF0000)
     prefix, remaining = _sample_pass(bits, valid, prefix, remaining, 0, 0x7FFFFF00)
     tl.store(lo_ptr + i, prefix)
+    tl.store(count_ptr + i, 0)
 
 
 @triton.jit
@@ -211,20 +203,25 @@ def _sample_pass(bits, valid, prefix, remaining, SHIFT: tl.constexpr, HIGH: tl.c
 
 
 @triton.jit
-def _compact(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, C,
+def _compact(x_ptr, h_ptr, out_ptr, lo_ptr, count_ptr, buf_ptr, idx_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, C,
              HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
-    # Appends the bits of every nonzero |r| >= lo[row, seg] to the segment's candidate buffer of C slots;
-    # count[row, seg] ends as the number of candidates, also those that did not fit.
+    # Appends every r with nonzero |r| >= lo[row, seg] to the segment's candidate buffer of C slots (its float
+    # bits to buf, its column to idx); count[row, seg] ends as the number of candidates, also those that did
+    # not fit. Without h it also zeroes out's block: _select then writes only the kept entries.
     row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
-    bits = _r_bits(x_ptr, h_ptr, row, cols, m, P, HAS_HAT)
-    cand = m & (bits >= tl.maximum(tl.load(lo_ptr + row * L + seg), 1))
+    r = _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT)
+    if not HAS_HAT:
+        tl.store(out_ptr + row * P + cols, tl.zeros([BLOCK], dtype=tl.float32), mask=m)
+    v = r.to(tl.int32, bitcast=True)
+    cand = m & ((v & 0x7FFFFFFF) >= tl.maximum(tl.load(lo_ptr + row * L + seg), 1))
     c = cand.to(tl.int32)
     total = tl.sum(c, axis=0)
     if total > 0:
         base = tl.atomic_add(count_ptr + row * L + seg, total)
         pos = base + tl.cumsum(c, axis=0) - 1
         keep = cand & (pos < C)
-        tl.store(buf_ptr + (row * L + seg) * C + pos, bits, mask=keep)
+        tl.store(buf_ptr + (row * L + seg) * C + pos, v, mask=keep)
+        tl.store(idx_ptr + (row * L + seg) * C + pos, cols, mask=keep)
 
 
 @triton.jit
@@ -238,7 +235,7 @@ def _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P
     for b in range(0, length, BLOCK):
         offs = b + tl.arange(0, BLOCK)
         m = offs < length
-        from_buf = tl.load(buf_ptr + i * C + offs, mask=m & in_buf, other=0)
+        from_buf = tl.load(buf_ptr + i * C + offs, mask=m & in_buf, other=0) & 0x7FFFFFFF
         from_r = _r_bits(x_ptr, h_ptr, row, begin + offs, m & ~in_buf, P, HAS_HAT)
         bits = tl.where(in_buf, from_buf, from_r)
         match = m & ((bits & HIGH) == prefix)
@@ -260,11 +257,31 @@ def _pick(counts, prefix, remaining, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _select(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, aux_ptr, before_ptr, start_ptr, end_ptr, seg_start_ptr,
-            size_ptr, k_ptr, first_ptr, nblocks_ptr, P, L, NB, C, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
+def _tie_counts(buf_ptr, idx_ptr, i, count, tau, prefix, C, SHIFT: tl.constexpr, HIGH: tl.constexpr,
+                BLOCK: tl.constexpr):
+    # (256,) counts of the 8-bit digit at SHIFT of the key ~column (31 bits: the larger, the earlier the
+    # column) among the buffered entries equal to tau whose key bits above SHIFT equal `prefix`
+    bins = tl.arange(0, 256)
+    counts = tl.zeros([256], dtype=tl.int32)
+    for b in range(0, count, BLOCK):
+        offs = b + tl.arange(0, BLOCK)
+        m = offs < count
+        v = tl.load(buf_ptr + i * C + offs, mask=m, other=0) & 0x7FFFFFFF
+        key = ~tl.load(idx_ptr + i * C + offs, mask=m, other=0) & 0x7FFFFFFF
+        match = m & (v == tau) & ((key & HIGH) == prefix)
+        block = tl.histogram(tl.where(match, (key >> SHIFT) & 0xFF, 0), 256)
+        counts += block - tl.where(bins == 0, BLOCK - tl.sum(match.to(tl.int32), axis=0), 0)
+    return counts
+
+
+@triton.jit
+def _select(x_ptr, h_ptr, out_ptr, lo_ptr, count_ptr, buf_ptr, idx_ptr, path_ptr, start_ptr, end_ptr,
+            seg_start_ptr, size_ptr, k_ptr, first_ptr, nblocks_ptr, P, L, C, HAS_HAT: tl.constexpr,
+            BLOCK: tl.constexpr):
     # One program per (row, segment): the exact k-th largest |r| by a radix select on its float bits, 8 bits
     # a pass, over the candidate buffer when it holds the k-th largest, else over the whole segment. When
     # lo = 0 the buffer holds the nonzeros: at least k of them hold the k-th largest; fewer put it at 0.
+    # Then it writes the segment's C(r): out = C(r), or h += C(r) in place.
     i = tl.program_id(0).to(tl.int64)
     row, seg = i // L, i % L
     k = tl.load(k_ptr + seg)
@@ -288,19 +305,51 @@ def _select(x_ptr, h_ptr, lo_ptr, count_ptr, buf_ptr, aux_ptr, before_ptr, start
                            0x7FFFFF00, BLOCK)
     tau, room, ties = _pick(counts, prefix, remaining, 0)  # ties: entries equal to tau, room of them kept
     tau = tl.where(zero, 0, tau)
-    room = tl.where(zero, k - count, room)
-    ties = tl.where(zero, d - count, ties)
-    tl.store(aux_ptr + i * 2, tau)
-    tl.store(aux_ptr + i * 2 + 1, tl.where(ties == room, -1, room))  # -1: every tie kept, order irrelevant
-    if ties != room:
-        # ties in each of the segment's blocks before it, so that `_residual` keeps the lowest indices
-        before = k * 0
+    # Sparse write, when the buffer holds every entry to keep (a zero threshold keeps the nonzeros and some
+    # zeros, and writing a kept zero changes nothing): only those entries; out was zeroed by _compact. Of the
+    # entries equal to tau, those with key ~column >= cut are kept: all of them (cut 0), or when only `room`
+    # are, a radix select over the buffered ties' keys finds the room-th earliest column. (Two equal floats
+    # at the threshold are common: 256 rows of 270k Gaussians had such a pair in one call out of ten.)
+    sparse = (found != 0) | zero
+    tl.store(path_ptr + i, sparse.to(tl.int32))
+    if sparse:
+        cut = k * 0
+        if (found != 0) & (ties != room):
+            counts = _tie_counts(buf_ptr, idx_ptr, i, count, tau, cut, C, 24, 0, BLOCK)
+            cut, room, _ = _pick(counts, cut, room, 24)
+            counts = _tie_counts(buf_ptr, idx_ptr, i, count, tau, cut, C, 16, 0x7F000000, BLOCK)
+            cut, room, _ = _pick(counts, cut, room, 16)
+            counts = _tie_counts(buf_ptr, idx_ptr, i, count, tau, cut, C, 8, 0x7FFF0000, BLOCK)
+            cut, room, _ = _pick(counts, cut, room, 8)
+            counts = _tie_counts(buf_ptr, idx_ptr, i, count, tau, cut, C, 0, 0x7FFFFF00, BLOCK)
+            cut, room, _ = _pick(counts, cut, room, 0)
+        for b in range(0, count, BLOCK):
+            offs = b + tl.arange(0, BLOCK)
+            v = tl.load(buf_ptr + i * C + offs, mask=offs < count, other=0)
+            col = tl.load(idx_ptr + i * C + offs, mask=offs < count, other=0)
+            bits = v & 0x7FFFFFFF
+            keep = (offs < count) & ((bits > tau) | ((bits == tau) & ((~col & 0x7FFFFFFF) >= cut)))
+            at = row * P + col
+            r = v.to(tl.float32, bitcast=True)
+            if HAS_HAT:
+                tl.store(h_ptr + at, tl.load(h_ptr + at, mask=keep, other=0.0) + r, mask=keep)
+            else:
+                tl.store(out_ptr + at, r, mask=keep)
+    else:  # dense write of the whole segment; of the entries equal to tau, the first `room` in index order
+        before = k * 0  # ties in the blocks already written
         first = tl.load(first_ptr + seg)
         for b in range(first, first + tl.load(nblocks_ptr + seg)):
             cols = tl.load(start_ptr + b) + tl.arange(0, BLOCK)
             m = cols < tl.load(end_ptr + b)
-            tl.store(before_ptr + row * NB + b, before)
-            before += tl.sum(((_r_bits(x_ptr, h_ptr, row, cols, m, P, HAS_HAT) == tau) & m).to(tl.int32), axis=0)
+            x = tl.load(x_ptr + row * P + cols, mask=m, other=0.0)
+            h = tl.load(h_ptr + row * P + cols, mask=m, other=0.0) if HAS_HAT else tl.zeros([BLOCK], dtype=tl.float32)
+            r = x - h
+            bits = r.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+            tie = (bits == tau) & m
+            keep = (bits > tau) | (tie & (before + tl.cumsum(tie.to(tl.int32), axis=0) <= room))
+            before += tl.sum(tie.to(tl.int32), axis=0)
+            q = tl.where(keep, r, 0.0)
+            tl.store(out_ptr + row * P + cols, h + q if HAS_HAT else q, mask=m)
 
 
 SAMPLE = 2048  # entries a segment's threshold is first estimated from (a power of 2)
@@ -317,12 +366,17 @@ def _plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sam
         if s == d:  # the whole segment: lo is the exact k-th largest, every candidate fits
             ranks.append(k - 1)
             caps.append(d)
-        else:  # 4 standard deviations of the sample count above the k-th largest, and some slack
+        else:
+            # The sampled entries >= the k-th largest are ~Binomial(s, k/d): with rank r six standard
+            # deviations above their mean, lo is below the k-th largest (at least k candidates) but for odds
+            # of ~1e-9. The buffer likewise holds the d m / s largest, m six deviations above r. One segment
+            # that misses costs its whole row a slow radix select over the segment, and the launch waits for
+            # the slowest row: at 4 deviations, 256 rows missed in one call out of five.
             q = k / d
-            mean = q * s
-            r = min(s, math.ceil(mean + 4 * math.sqrt(mean * (1 - q)) + 4))
+            r = min(s, math.ceil(q * s + 6 * math.sqrt(q * s * (1 - q)) + 1))
+            m = (3 + math.sqrt(9 + r)) ** 2  # m - 6 sqrt(m) = r
             ranks.append(r - 1)
-            caps.append(min(d, math.ceil(1.5 * r / s * d) + 64))
+            caps.append(min(d, math.ceil(m / s * d) + 64))
     counts = [-(-d // block) for d in sizes]
     starts, firsts = [0, *itertools.accumulate(sizes)][:-1], [0, *itertools.accumulate(counts)][:-1]
     per_segment = torch.tensor([starts, list(sizes), list(ks), ranks, firsts, counts], dtype=torch.int32,
@@ -330,33 +384,32 @@ def _plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sam
     return (*per_segment, max(caps), min(sample, triton.next_power_of_2(max(sizes))))
 
 
-def topk_select(x: torch.Tensor, h: torch.Tensor | None, table, ks: tuple[int, ...],
-                sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each segment's k-th largest |r| (r = x - h) and the ties to keep, for `residual` mode 3, in three
-    launches and no host synchronization: aux (N, L, 2) int32 (the threshold's float bits; the ties equal to
-    it to keep, -1 for all of them) and before (N, NB) int32 (ties in the segment's blocks before each block,
-    written only where some ties are dropped).
+def top_k(x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, table, ks: tuple[int, ...],
+          sizes: tuple[int, ...]) -> torch.Tensor:
+    """out = C(r) (h None) or h += C(r) (out is h) for top-k of each segment of r = x - h (or x), in three
+    launches and no host synchronization; `table` is `blocks(sizes, TOPK_BLOCK)`. Returns path (N, L) int32:
+    1 where the segment was written from the candidate buffer (the common case), 0 where it took the dense
+    write.
 
     Common case, one read of r: a strided sample gives a value lo just below the k-th largest (_sample_lo);
-    one pass gathers every entry >= lo into a buffer of a few percent of r (_compact), and a radix select on
-    that buffer finds the threshold (_select). A segment with fewer than k nonzeros (its sample's lo is 0)
-    has threshold 0. Where lo missed (fewer than k candidates, or more than fit), _select runs the radix
-    select over that whole segment instead: exact, but one program reads the segment four times, so a
-    segment of millions whose sample misses costs milliseconds.
+    one pass gathers every entry >= lo into a buffer of a few percent of r (_compact, which also zeroes out);
+    a radix select on that buffer finds the threshold, and the kept entries are written from the buffer
+    (_select). CHOCO's x_hat is thus read once and written only where it changes. A segment with fewer than
+    k nonzeros (its sample's lo is 0) has threshold 0. Where lo missed (fewer than k candidates, or more
+    than fit: odds of ~1e-9 a segment for data in random order), _select runs the radix select over that
+    whole segment and writes all of it: exact, but one program reads the segment five times, so a segment
+    of millions whose sample misses costs milliseconds.
     """
     n, p = x.shape
     start, end, seg, _ = table
     nb, L = start.numel(), len(sizes)
     hh = x if h is None else h
-    seg_start, size, k, rank, first, nblocks, C, S = _plan(sizes, ks, x.device, SAMPLE, SEG_BLOCK)
-    lo = torch.empty(n, L, dtype=torch.int32, device=x.device)
-    _sample_lo[(n * L,)](x, hh, lo, seg_start, size, rank, p, L, HAS_HAT=h is not None, S=S)
-    count = torch.zeros(n, L, dtype=torch.int32, device=x.device)
-    buf = torch.empty(n, L, C, dtype=torch.int32, device=x.device)
-    _compact[(n * nb,)](x, hh, lo, count, buf, start, end, seg, p, L, nb, C, HAS_HAT=h is not None,
-                        BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
-    aux = torch.empty(n, L, 2, dtype=torch.int32, device=x.device)
-    before = torch.empty(n, nb, dtype=torch.int32, device=x.device)
-    _select[(n * L,)](x, hh, lo, count, buf, aux, before, start, end, seg_start, size, k, first, nblocks, p, L,
-                      nb, C, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
-    return aux, before
+    seg_start, size, k, rank, first, nblocks, C, S = _plan(sizes, ks, x.device, SAMPLE, TOPK_BLOCK)
+    state = torch.empty(3, n, L, dtype=torch.int32, device=x.device)  # lo, candidate count, path
+    _sample_lo[(n * L,)](x, hh, state[0], state[1], seg_start, size, rank, p, L, HAS_HAT=h is not None, S=S)
+    buf = torch.empty(2, n, L, C, dtype=torch.int32, device=x.device)  # the candidates' float bits, columns
+    _compact[(n * nb,)](x, hh, out, state[0], state[1], buf[0], buf[1], start, end, seg, p, L, nb, C,
+                        HAS_HAT=h is not None, BLOCK=TOPK_BLOCK, num_warps=TOPK_WARPS)
+    _select[(n * L,)](x, hh, out, state[0], state[1], buf[0], buf[1], state[2], start, end, seg_start, size, k,
+                      first, nblocks, p, L, C, HAS_HAT=h is not None, BLOCK=TOPK_BLOCK, num_warps=TOPK_WARPS)
+    return state[2]
