@@ -53,9 +53,13 @@ MODELS = {
     "resnet20": ("resnet20", {"norm": "bn"}, (3, 32, 32)),
     # GroupNorm under vmap becomes grouped convolutions: the CPU's worst case for the vmap backend.
     "resnet20-gn": ("resnet20", {"norm": "gn"}, (3, 32, 32)),
+    "resnet18": ("resnet18", {}, (3, 32, 32)),
 }
-AGENTS = {"mlp": [8, 32, 128], "lenet5": [8, 32], "resnet20": [4, 16], "resnet20-gn": [4, 16]}
-AGENTS_QUICK = {"mlp": [8, 32], "lenet5": [8], "resnet20": [4], "resnet20-gn": [4]}
+AGENTS = {"mlp": [8, 32, 128], "lenet5": [8, 32], "resnet20": [4, 16], "resnet20-gn": [4, 16], "resnet18": [2, 4]}
+AGENTS_QUICK = {"mlp": [8, 32], "lenet5": [8], "resnet20": [4], "resnet20-gn": [4], "resnet18": []}
+AGENTS_CUDA = {"mlp": [64, 256, 1024], "lenet5": [64, 256, 1024], "resnet20": [16, 64, 256],
+               "resnet20-gn": [16, 64, 256], "resnet18": [16, 64]}
+AGENTS_CUDA_QUICK = {"mlp": [256], "lenet5": [1024], "resnet20": [256], "resnet20-gn": [], "resnet18": [16]}
 BACKENDS = ("vmap", "loop", "chunked")
 LR = 0.05
 # With as many threads as cores, another process holding a core stalls every parallel region of ours
@@ -303,8 +307,9 @@ header = (f"device {device_name} | torch {torch.__version__} | {torch.get_num_th
 wall = time.perf_counter()
 rows = []
 for name in names:
-    agent_counts = [int(a) for a in args.agents.split(",")] if args.agents else (
-        AGENTS_QUICK if args.quick else AGENTS)[name]
+    per_model = {(False, False): AGENTS, (True, False): AGENTS_QUICK, (False, True): AGENTS_CUDA,
+                 (True, True): AGENTS_CUDA_QUICK}[args.quick, device.type == "cuda"]
+    agent_counts = [int(a) for a in args.agents.split(",")] if args.agents else per_model[name]
     for n in agent_counts:
         row = bench_row(name, n, args.batch)
         rows.append(row)
@@ -332,6 +337,16 @@ misses = [f"{r['model']} N={r['N']}: auto/max(loop,vmap) = {r['auto_over_max_loo
 misses += [f"{r['model']} N={r['N']}: auto/naive = {r['auto_over_naive']:.3f} < 1.5"
            for r in rows if r["model"] == "mlp" and r["N"] >= 32 and r["auto_over_naive"] is not None
            and r["auto_over_naive"] < 1.5]
+if device.type == "cuda":  # on a GPU: ResNet-20 (BN) at N = 256 and LeNet-5 at N = 1024 against the baselines
+    for r in rows:
+        if (r["model"], r["N"]) == ("resnet20", 256):
+            if r["best_over_limit"] is not None and r["best_over_limit"] < 0.6:
+                misses.append(f"resnet20 N=256: best/limit = {r['best_over_limit']:.2f} < 0.6")
+            if r["best_over_naive"] is not None and r["best_over_naive"] < 20:
+                misses.append(f"resnet20 N=256: best/naive = {r['best_over_naive']:.1f} < 20")
+        if (r["model"], r["N"]) == ("lenet5", 1024) and r["best_over_naive"] is not None and \
+                r["best_over_naive"] < 50:
+            misses.append(f"lenet5 N=1024: best/naive = {r['best_over_naive']:.1f} < 50")
 max_busy = max((r["foreign_cores"] for r in rows if r["foreign_cores"] is not None), default=0.0)
 retried = sum(r["attempts"] > 1 for r in rows)
 lines += ["", "targets: " + ("all met" if not misses else "MISSED " + "; ".join(misses)),

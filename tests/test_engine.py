@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gossipsim import sim
+from gossipsim.sim import metrics
 
 TIMING_KEYS = {"train_time", "samples_per_s", "eval_time"}
 
@@ -84,3 +85,13 @@ def test_auto_backend_picks_a_real_backend(tmp_path):
     engine.run(2)
     assert engine.model.backend in ("vmap", "loop", "chunked")
     assert set(engine.model.timings) >= {"vmap", "loop"}
+
+
+@pytest.mark.parametrize("n,p,block", [(1, 5, 3), (3, 1001, 7), (4, 10, 1000)])
+def test_consensus_distance_by_column_blocks(n, p, block, fresh_seed):
+    x = torch.randn(n, p, generator=torch.Generator().manual_seed(fresh_seed))
+    xd = x.double()
+    expect = (xd - xd.mean(0, keepdim=True)).pow(2).sum() / n
+    got = metrics.consensus_distance(x, block_entries=block)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expect, rtol=1e-12, atol=1e-12, msg=lambda m: f"seed {fresh_seed}: {m}")

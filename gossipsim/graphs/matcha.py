@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .mixing import Mixing, Topology
+from .mixing import Mixing, Topology, upload
 
 
 class Matcha:
@@ -47,7 +47,8 @@ class Matcha:
         active = torch.from_numpy(np.random.default_rng([self.seed, int(t)]).random(len(self.matchings)))
         active = (active < self.probabilities).to(torch.float64)  # (M,) B_j
         L = torch.einsum("m,mij->ij", active, self.laplacians)
-        return Mixing((torch.eye(self.n, dtype=torch.float64) - self.alpha * L).to(self.device))
+        W = torch.eye(self.n, dtype=torch.float64) - self.alpha * L  # (N, N) on the host
+        return Mixing(upload(W, self.device), host=W)
 
     def to(self, device: torch.device | str) -> Matcha:
         return Matcha(self.base, self.budget, self.seed, self.matchings, device)

@@ -29,17 +29,19 @@ class Mixing:
     CPU_BLOCK_BYTES = 4 << 20
     PATHS = ("dense", "sparse", "circulant")
 
-    def __init__(self, W: torch.Tensor, grid: tuple[int, ...] | None = None, path: str | None = None):
+    def __init__(self, W: torch.Tensor, grid: tuple[int, ...] | None = None, path: str | None = None,
+                 host: torch.Tensor | None = None):
         if W.dim() != 2 or W.shape[0] != W.shape[1]:
             raise ConfigError(f"mixing matrix must be square (N, N), got shape {tuple(W.shape)}")
         if path is not None and path not in self.PATHS:
             raise ConfigError(f"gossip path {path!r} is not one of {', '.join(self.PATHS)}")
         self.W = W.to(torch.float64)  # (N, N)
+        self._host = None if host is None else host.to(torch.float64)  # the same W on the host, when at hand
         self.grid = grid
         self._cast: dict[tuple[torch.dtype, torch.device, bool], torch.Tensor] = {}
         # Circulant graphs (ring: grid (N,); torus: grid (R, C)) can gossip by shifted slices, one pass over x a
         # shift, with no temporaries.
-        self.shifts = _shifts(self.W.cpu(), grid) if grid is not None else None  # host work, done once
+        self.shifts = _shifts(self.host, grid) if grid is not None else None  # host work, done once
         if path == "circulant" and self.shifts is None:
             raise ConfigError("gossip path 'circulant' needs a circulant graph (ring, torus, exponential)")
         self.forced = path
@@ -53,10 +55,16 @@ class Mixing:
         return self.W
 
     @cached_property
+    def host(self) -> torch.Tensor:
+        """W as an (N, N) float64 CPU tensor. The structure (sparsity, neighbour table, shifts) is read from
+        it: a schedule that draws W_t on the host passes it along, and its rounds never wait for the device."""
+        return self._host if self._host is not None else self.W.cpu()
+
+    @cached_property
     def sparse(self) -> bool:
         """Whether W is sparse enough for the CSR product to beat the dense one."""
         n = self.n
-        return n >= self.SPARSE_MIN_N and int((self.W != 0).sum()) <= self.SPARSE_MAX_DENSITY * n * n
+        return n >= self.SPARSE_MIN_N and int((self.host != 0).sum()) <= self.SPARSE_MAX_DENSITY * n * n
 
     def path_on(self, device: torch.device | str) -> str:
         """The product M(x) uses for x on `device`: the one dispatch point.
@@ -109,14 +117,14 @@ class Mixing:
         rows padded with weight 0 (D = the largest degree + 1)."""
         key = ("table", dtype, torch.device(device))
         if key not in self._cast:
-            A = self.W.cpu() != 0
+            A = self.host != 0
             A.fill_diagonal_(True)
             D = int(A.sum(1).max())
             order = torch.argsort(A.to(torch.int8), dim=1, descending=True, stable=True)[:, :D]  # (N, D)
             pad = ~A.gather(1, order)
-            w = self.W.cpu().gather(1, order).masked_fill(pad, 0.0)
+            w = self.host.gather(1, order).masked_fill(pad, 0.0)
             idx = torch.where(pad, torch.arange(self.n).unsqueeze(1), order)  # padding re-reads row i, weight 0
-            self._cast[key] = (idx.to(torch.int32).to(device), w.to(dtype=dtype, device=device))
+            self._cast[key] = (upload(idx.to(torch.int32), device), upload(w.to(dtype), device))
         return self._cast[key]
 
     def _csr(self, W: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -149,7 +157,7 @@ class Mixing:
     @cached_property
     def neighbors(self) -> list[list[int]]:
         """Active neighbours of each agent (j != i with W_ij != 0), in increasing order."""
-        A = (self.W != 0).cpu()
+        A = self.host != 0
         A.fill_diagonal_(False)
         return [torch.nonzero(row).flatten().tolist() for row in A]
 
@@ -163,6 +171,15 @@ class Mixing:
     def edges(self) -> int:
         """Number of active directed links (an undirected edge counts twice: one message each way)."""
         return int(self.degrees.sum())
+
+
+def upload(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device`. To CUDA it goes through pinned memory without blocking: a copy from pageable
+    memory waits for the stream (a host synchronization inside the round)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _shifts(W: torch.Tensor, grid: tuple[int, ...]):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .mixing import Mixing, Topology
+from .mixing import Mixing, Topology, upload
 from .topologies import WEIGHTS, _check_n, weights_from_adjacency
 
 
@@ -39,7 +39,9 @@ class Periodic:
         return period
 
     def to(self, device: torch.device | str) -> Periodic:
-        return Periodic([Mixing(m.W.to(device), m.grid, m.forced) for m in self.mixings], self.index, self.name)
+        # each keeps its host copy: reading its structure later would wait for the device, mid-round
+        return Periodic([Mixing(m.W.to(device), m.grid, m.forced, host=m.host) for m in self.mixings], self.index,
+                        self.name)
 
     def __repr__(self) -> str:
         return f"Periodic({self.name}, n={self.n})"
@@ -98,7 +100,8 @@ class RandomSchedule:
         self.n, self.draw, self.seed, self.name, self.device = n, draw, seed, name, device
 
     def mixing(self, t: int | torch.Tensor = 0) -> Mixing:
-        return Mixing(self.draw(np.random.default_rng([self.seed, int(t)])).to(self.device))
+        W = self.draw(np.random.default_rng([self.seed, int(t)]))  # (N, N) on the host
+        return Mixing(upload(W, self.device), host=W)
 
     def to(self, device: torch.device | str) -> RandomSchedule:
         return RandomSchedule(self.n, self.draw, self.seed, self.name, device)

@@ -45,6 +45,17 @@ def sign_raw(sizes, n: int, device) -> torch.Tensor:
     return _full(n, sum(32 + d for d in sizes), device)
 
 
+def constant(values, dtype: torch.dtype, device) -> torch.Tensor:
+    """A small constant (segment sizes, taus) on the device, copied there once: a copy from pageable host
+    memory each round would wait for the device. Shared: never modify it in place."""
+    return _constant(tuple(values), dtype, torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 @functools.lru_cache(maxsize=64)
 def _segment_table(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
@@ -62,7 +73,7 @@ def entropy(symbols: torch.Tensor, sizes, s: int) -> torch.Tensor:
     key = _segments(sizes, symbols.device) * k + (symbols.to(torch.int64) + s)  # (N, P)
     counts = torch.zeros(n, L * k, dtype=torch.float64, device=symbols.device)
     counts.scatter_add_(1, key, torch.ones_like(key, dtype=torch.float64))
-    d = torch.tensor(sizes, dtype=torch.float64, device=symbols.device).repeat_interleave(k)  # (L k,)
+    d = constant(sizes, torch.float64, symbols.device).repeat_interleave(k)  # (L k,)
     p = counts / d
     h = -(counts * torch.log2(p.clamp_min(1e-300))).sum(1)  # sum over segments of d_l H_l, in bits
     return h + 32.0 * L
@@ -97,7 +108,7 @@ def elias_golomb(symbols: torch.Tensor, sizes, s: int) -> torch.Tensor:
     device = symbols.device
     L = len(sizes)
     seg = _segments(sizes, device)  # (P,)
-    starts = torch.tensor([0, *sizes], device=device).cumsum(0)[:-1]  # (L,) each segment's first column
+    starts = constant((0, *sizes[:-1]), torch.int64, device).cumsum(0)  # (L,) each segment's first column
     # Only nonzero symbols carry counts and positions: a message is mostly zeros, so never touch all N P.
     mag = symbols.abs()  # (N, P)
     row, col = (mag != 0).nonzero(as_tuple=True)  # row-major: sorted by (row, col)
@@ -105,7 +116,7 @@ def elias_golomb(symbols: torch.Tensor, sizes, s: int) -> torch.Tensor:
     key = row * (L * s) + group
     counts = torch.bincount(key, minlength=n * L * s).view(n, L, s).to(torch.float64)  # c_l for levels 1..s
     header = 32.0 * L + gamma_bits(counts + 1).sum((1, 2))
-    d = torch.tensor(sizes, device=device).view(1, L, 1)
+    d = constant(sizes, torch.int64, device).view(1, L, 1)
     m = golomb_parameter(counts, d).view(n, L * s)  # (N, L s)
     # gaps between the positions of one (row, segment, level): a stable sort by it keeps columns in order
     order = torch.sort(key, stable=True).indices

@@ -49,7 +49,9 @@ def expand(per_segment: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     """(N, L) -> (N, P): each segment's value repeated over its columns."""
     if len(sizes) == 1:
         return per_segment.expand(-1, sizes[0])
-    return per_segment.repeat_interleave(torch.tensor(sizes, device=per_segment.device), dim=1)
+    # output_size: without it the result's size is read back from the device
+    return per_segment.repeat_interleave(B.constant(sizes, torch.int64, per_segment.device), dim=1,
+                                         output_size=sum(sizes))
 
 
 @dataclass(frozen=True)
@@ -296,7 +298,7 @@ class QSGD(Compressor):
         frac.sub_(level)
         level.add_(u < frac).clamp_(max=s)  # stochastic rounding up with probability frac
         symbols = level.mul_(torch.sign(r)).to(torch.int16)
-        taus = torch.tensor([self.tau(d) for d in sizes], dtype=r.dtype, device=r.device)
+        taus = B.constant(tuple(self.tau(d) for d in sizes), r.dtype, r.device)
         return Quantized(symbols, norms * taus / s, s)
 
     def decompress(self, message):
@@ -325,7 +327,7 @@ class Sign(Compressor):
 
     def compress(self, r, generator=None):
         sizes = self.segments(r.shape[1])
-        scales = segment_sum(r.abs(), sizes) / torch.tensor(sizes, dtype=r.dtype, device=r.device)  # (N, L)
+        scales = segment_sum(r.abs(), sizes) / B.constant(sizes, r.dtype, r.device)  # (N, L)
         symbols = (r < 0).to(torch.int16).mul_(-2).add_(1)  # sign with sign(0) = +1; 6x faster than where()
         return Quantized(symbols, scales, 1)
 

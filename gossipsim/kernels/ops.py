@@ -67,13 +67,6 @@ def _table(sizes: tuple[int, ...], device: torch.device):
     return _cached_table(sizes, device, _triton().SEG_BLOCK)
 
 
-@functools.lru_cache(maxsize=256)
-def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small per-segment constant on the device, copied there once: a copy from pageable host memory
-    each round would wait for the device."""
-    return torch.tensor(values, dtype=dtype, device=device)
-
-
 def fused(comp: Compressor) -> bool:
     """Whether the Triton path implements this compressor (raw bits; entropy codes need the symbols)."""
     return type(comp) in (Identity, QSGD, Sign, TopK) and comp.encoding == "raw"
@@ -111,11 +104,11 @@ def _apply(comp: Compressor, x: torch.Tensor, h: torch.Tensor | None, out: torch
     elif isinstance(comp, QSGD):
         norms = T.segment_sums(x, h, table, L, 2).sqrt_()  # (N, L)
         s = comp.levels
-        taus = _constant(tuple(comp.tau(d) for d in sizes), torch.float32, x.device)
+        taus = B.constant(tuple(comp.tau(d) for d in sizes), torch.float32, x.device)
         inv = (s / norms).nan_to_num_(posinf=0.0)
         T.residual(x, h, out, 1, table, L, norms * taus / s, inv, seed=_seed(generator), levels=s)
     elif isinstance(comp, Sign):
-        scale = T.segment_sums(x, h, table, L, 1) / _constant(sizes, torch.float32, x.device)
+        scale = T.segment_sums(x, h, table, L, 1) / B.constant(sizes, torch.float32, x.device)
         T.residual(x, h, out, 2, table, L, scale, scale)
     else:
         T.residual(x, h, out, 0, table, L, x, x)  # identity reads neither

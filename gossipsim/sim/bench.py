@@ -30,6 +30,9 @@ SCRIPTS = [
     ("Compression kernels", "kernels.py",
      "the fused CHOCO step, QSGD, top-k and the consensus step, torch against Triton, against the copy "
      "bandwidth measured in the same run"),
+    ("A round's gossip against its bytes floor", "round.py",
+     "the algorithm's step after the gradient (local step, compression, gossip) against the bytes any "
+     "implementation must move, at the copy bandwidth measured in the same run"),
 ]
 
 
@@ -97,12 +100,14 @@ def scaling_plot(throughput_json: Path, png: Path) -> None:
 
 
 def run(quick: bool = False, device: str | None = None, out: str | Path | None = None) -> Path:
-    """Runs every benchmark script and writes RESULTS.md (default benchmarks/RESULTS.md); returns its path."""
+    """Runs every benchmark script and writes RESULTS.md (default benchmarks/RESULTS.md, and
+    benchmarks/RESULTS-cuda.md on a GPU); returns its path."""
     root = source_root()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device=cuda but torch sees no CUDA device; accepted here: cpu")
-    out = Path(out) if out is not None else root / "benchmarks" / "RESULTS.md"
+    default = "RESULTS.md" if dev.type == "cpu" else f"RESULTS-{dev.type}.md"  # one report per kind of device
+    out = Path(out) if out is not None else root / "benchmarks" / default
     results = out.parent / "results"
     results.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now()
@@ -124,7 +129,7 @@ def run(quick: bool = False, device: str | None = None, out: str | Path | None =
         if status != 0:
             body = f"(failed with exit status {status}; its last output:)\n\n```\n{body[-3000:]}\n```"
         sections.append(f"## {title}\n\n{what}.\n\n`{shown}`\n\n{body}\n")
-    plot = out.with_name("scaling.png")
+    plot = out.with_name(out.stem.replace("RESULTS", "scaling") + ".png")  # RESULTS-cuda.md: scaling-cuda.png
     throughput = results / "throughput.json"
     if throughput.exists():
         scaling_plot(throughput, plot)

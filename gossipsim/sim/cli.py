@@ -66,6 +66,13 @@ def cmd_run(argv: list[str]) -> int:
     history = engine.run(cfg.rounds)
     row = {"algorithm": cfg.algorithm, **history[-1], "samples_per_s": engine.summary()["samples_per_s"]}
     print(results_table([row]))
+    if engine.device.type == "cuda":  # what the preflight's estimate is checked against
+        import torch
+
+        from .memory import size
+
+        print(f"memory: peak {size(torch.cuda.max_memory_allocated(engine.device))} allocated on the device, "
+              f"data included (estimated {size(engine.memory.total)} besides the data)", file=sys.stderr)
     print(f"\nrun directory: {engine.run_dir.path}")
     return 0
 

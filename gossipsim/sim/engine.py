@@ -62,6 +62,7 @@ class Engine:
         self.augment_rng = torch.Generator(self.device).manual_seed(self.seed + 1)
         self.meter = Meter(n, self.device)
         self.t = 0
+        self._t_dev, self._t_at = torch.zeros((), dtype=torch.int64, device=self.device), 0  # round t, on device
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
         self.setup_time = 0.0  # choosing the backend (auto)
@@ -97,12 +98,21 @@ class Engine:
             return loss, g
 
         mixing = self.topology.mixing(self.t)
-        t = torch.tensor(self.t, device=self.device)
-        self.state, stats = self.algorithm.step(self.state, Round(t=t, grad=oracle, mixing=mixing))
+        self.state, stats = self.algorithm.step(self.state, Round(t=self._round_index(), grad=oracle, mixing=mixing))
         self.buffers = mixing(new_buffers[0]) if self.model.bn == "gossip" else new_buffers[0]
         self.meter.add(stats)
         self.t += 1
         return stats
+
+    def _round_index(self) -> torch.Tensor:
+        """Round t as a 0-dim int64 device tensor. It is counted on the device: torch.tensor(t, device=...)
+        each round would copy from the host, which on CUDA waits for the stream."""
+        if self._t_at != self.t:  # t was set from outside (a resumed run)
+            self._t_dev = torch.tensor(self.t, device=self.device)
+        t = self._t_dev.clone()  # an algorithm may keep it; the counter moves on
+        self._t_dev += 1
+        self._t_at = self.t + 1
+        return t
 
     def run(self, rounds: int) -> list[dict[str, Any]]:
         """Run `rounds` more rounds, evaluating every eval_every rounds and after the last one."""

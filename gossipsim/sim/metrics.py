@@ -30,10 +30,16 @@ class Meter:
         return out
 
 
-def consensus_distance(x: torch.Tensor) -> torch.Tensor:
-    """(1/N) sum_i ||x_i - x_bar||^2 for x (N, P), as a 0-dim float64 tensor."""
-    x = x.double()
-    return (x - x.mean(0, keepdim=True)).pow(2).sum() / x.shape[0]
+def consensus_distance(x: torch.Tensor, block_entries: int = 2**24) -> torch.Tensor:
+    """(1/N) sum_i ||x_i - x_bar||^2 for x (N, P), as a 0-dim float64 tensor. In float64, a block of columns
+    at a time: a float64 copy of all of x would need twice the memory of x (23 GB for 256 ResNet-18s)."""
+    n, p = x.shape
+    step = max(1, block_entries // n)  # columns a block: 16M entries, 128 MiB in float64
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for c in range(0, p, step):
+        block = x[:, c:c + step].double()
+        total += (block - block.mean(0, keepdim=True)).pow(2).sum()
+    return total / n
 
 
 class RunDir:
