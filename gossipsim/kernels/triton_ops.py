@@ -369,9 +369,9 @@ def _plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sam
         else:
             # The sampled entries >= the k-th largest are ~Binomial(s, k/d): with rank r six standard
             # deviations above their mean, lo is below the k-th largest (at least k candidates) but for odds
-            # of ~1e-9. The buffer likewise holds the d m / s largest, m six deviations above r. One segment
-            # that misses costs its whole row a slow radix select over the segment, and the launch waits for
-            # the slowest row: at 4 deviations, 256 rows missed in one call out of five.
+            # of ~1e-9. The buffer likewise holds the d m / s largest, m six deviations above r. A segment
+            # that misses costs its row a slow radix select over the segment, and a launch waits for its
+            # slowest row: the odds must be small for every row of every call, not on average.
             q = k / d
             r = min(s, math.ceil(q * s + 6 * math.sqrt(q * s * (1 - q)) + 1))
             m = (3 + math.sqrt(9 + r)) ** 2  # m - 6 sqrt(m) = r
