@@ -81,6 +81,8 @@ parser.add_argument("--device", default="cpu")
 parser.add_argument("--json", default=str(ROOT / "benchmarks" / "throughput.json"))
 parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing (at least 2)")
 parser.add_argument("--min-time", type=float, default=None, help="seconds of timed rounds per contestant")
+parser.add_argument("--compile", action="store_true",
+                    help="add a contestant: the vmap engine with compile=round (compile time reported apart)")
 parser.add_argument("--retries", type=int, default=2, help="re-timings of a row disturbed by other processes")
 parser.add_argument("--no-malloc-tuning", action="store_true",
                     help="skip keep_freed_memory(), to measure what glibc's default allocator costs")
@@ -201,10 +203,17 @@ def bench_row(name: str, n: int, b: int) -> dict:
         idx = sampler.sample(t)  # (N, B)
         return train.normalize(train.x[idx]), train.y[idx]  # (N, B, C, H, W) float32, (N, B)
 
-    def engine(backend: str) -> Engine:
+    def engine(backend: str, compile_mode: str = "off") -> Engine:
         model = StackedModel(factory, n, backend=backend, chunk_size=max(1, n // 4))
         return Engine(model, algorithms.make("dsgd", lr=LR), topo, train, test, part, batch_size=b,
-                      device=device, progress=False, out=None)
+                      device=device, progress=False, out=None, compile=compile_mode)
+
+    def compiled():
+        e = engine("vmap", "round")
+        for _ in range(2):  # round 0 eager, round 1 compiles: kept out of the steady state
+            e.step()
+        row["compile_s"] = e.compile_time
+        return e.step
 
     def auto():
         e = engine("auto")
@@ -239,7 +248,7 @@ def bench_row(name: str, n: int, b: int) -> dict:
         return step
 
     builders = {**{k: (lambda k=k: engine(k).step) for k in BACKENDS}, "auto": auto, "naive": naive,
-                "limit": limit}
+                "limit": limit, **({"compiled": compiled} if args.compile else {})}
     contestants = {}
     for key, build in builders.items():
         try:
@@ -270,6 +279,7 @@ def bench_row(name: str, n: int, b: int) -> dict:
     row["best_over_naive"] = best_engine / sps["naive"] if best_engine and sps["naive"] else None
     row["auto_over_naive"] = sps["auto"] / sps["naive"] if sps["auto"] and sps["naive"] else None
     row["best_over_limit"] = best_engine / sps["limit"] if best_engine and sps["limit"] else None
+    row["compiled_over_vmap"] = sps["compiled"] / sps["vmap"] if sps.get("compiled") and sps["vmap"] else None
     return row
 
 
@@ -327,6 +337,11 @@ for r in rows:
                  f"{cell(r, 'chunked')} | {cell(r, 'auto')} ({r['auto_picked']}) | {cell(r, 'naive')} | "
                  f"{cell(r, 'limit')} | {fmt(r['auto_over_max_loop_vmap'], True)} | "
                  f"{fmt(r['best_over_naive'], True)} | {fmt(r['best_over_limit'], True)} |")
+if args.compile:  # compile=round on the vmap backend, against eager vmap in the same interleaved rounds
+    lines += ["", "| model | N | vmap | vmap, compile=round | compiled/vmap | compile s |",
+              "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['N']} | {cell(r, 'vmap')} | {cell(r, 'compiled')} | "
+              f"{fmt(r['compiled_over_vmap'], True)} | {r.get('compile_s', 0):.1f} |" for r in rows]
 # The targets: auto within 5% of the faster backend everywhere; the MLP engine at N >= 32 at
 # least 1.5x the naive loop.
 # When auto's own column falls short but the column of the backend it picked does not, both ran the

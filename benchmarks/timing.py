@@ -25,8 +25,8 @@ def timed(fn, device: torch.device, min_time: float) -> float:
     return statistics.median(times)
 
 
-def arguments(doc: str, json_path: Path) -> argparse.Namespace:
-    """--quick, --agents, --params, --device, --min-time and --json, parsed from the command line."""
+def arguments(doc: str, json_path: Path, graphs: bool = False) -> argparse.Namespace:
+    """--quick, --agents, --params, --device, --min-time and --json (and --graphs), from the command line."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--agents", default=None)
@@ -34,4 +34,6 @@ def arguments(doc: str, json_path: Path) -> argparse.Namespace:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of repeats per measurement")
     ap.add_argument("--json", default=str(json_path))
+    if graphs:
+        ap.add_argument("--graphs", default=None, help="comma list of topology specs (ring, torus, exponential...)")
     return ap.parse_args()

@@ -31,8 +31,9 @@ SCRIPTS = [
      "the fused CHOCO step, QSGD, top-k and the consensus step, torch against Triton, against the copy "
      "bandwidth measured in the same run"),
     ("A round's gossip against its bytes floor", "round.py",
-     "the algorithm's step after the gradient (local step, compression, gossip) against the bytes any "
-     "implementation must move, at the copy bandwidth measured in the same run"),
+     "the algorithm's step after the gradient (local step, compression, gossip) for each graph, N and P, "
+     "against the bytes any implementation must move at the copy bandwidth measured in the same run; its "
+     "JSON is the scaling data of round time against N and P by graph"),
 ]
 
 

@@ -66,6 +66,8 @@ def cmd_run(argv: list[str]) -> int:
     history = engine.run(cfg.rounds)
     row = {"algorithm": cfg.algorithm, **history[-1], "samples_per_s": engine.summary()["samples_per_s"]}
     print(results_table([row]))
+    if cfg.compile != "off":
+        print(f"compile ({cfg.compile}): {engine.compile_time:.1f} s, not counted in samples/s", file=sys.stderr)
     if engine.device.type == "cuda":  # what the preflight's estimate is checked against
         import torch
 

@@ -24,6 +24,7 @@ TOPOLOGIES = tuple(SPECS)
 PARTITIONS = ("iid", "dirichlet", "shards")
 SCHEDULES = ("constant", "multistep", "cosine")
 DTYPES = ("float32", "float64")
+COMPILE = ("off", "oracle", "round")
 ALGORITHM_KEYS = ("compressor", "gamma", "beta", "eps", "c1", "c2", "p1", "p2", "every", "variant", "mu")
 
 
@@ -87,6 +88,8 @@ class Config:
     bn: str = key("local", "BatchNorm running statistics: local (per agent) | gossip (mixed like parameters)")
     backend: str = key("auto", "auto | vmap | loop | chunked")
     chunk_size: int = key(0, "agents per vmapped block for backend=chunked (0: N/4)")
+    compile: str = key("off", "torch.compile: off | oracle (the agents' gradients) | round (batch, gradients and "
+                              "the algorithm's step; static topologies, else oracle)")
     dtype: str = key("float32", "float32 | float64")
     device: str = key("cpu", "cpu | cuda | cuda:K")
     eval_every: int = key(50, "rounds between evaluations")
@@ -116,6 +119,7 @@ class Config:
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("bn", self.bn, ("local", "gossip"))
         _choice("backend", self.backend, ("auto", "vmap", "loop", "chunked"))
+        _choice("compile", self.compile, COMPILE)
         _choice("dtype", self.dtype, DTYPES)
         if self.norm is not None:
             _choice("norm", self.norm, ("bn", "gn", "none"))

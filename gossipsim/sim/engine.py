@@ -49,6 +49,7 @@ class Engine:
     out: str | Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
     memory: Any = None  # memory.Estimate of the run's peak, from the preflight in experiment.build
+    compile: str = "off"  # torch.compile: "off", "oracle" (the gradients) or "round" (see _prepare_compile)
     on_eval: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
@@ -65,7 +66,10 @@ class Engine:
         self._t_dev, self._t_at = torch.zeros((), dtype=torch.int64, device=self.device), 0  # round t, on device
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
-        self.setup_time = 0.0  # choosing the backend (auto)
+        self.setup_time = 0.0  # choosing the backend (auto), compiling
+        self.compile_time = 0.0  # the rounds that compiled (part of setup_time)
+        self._compiled_round: Callable | None = None
+        self._compile_rounds = -1  # rounds run since compilation was set up (-1: not yet)
         self.run_dir = RunDir(self.out) if self.out is not None else None
         if self.run_dir is not None:
             self.run_dir.write_json("config.json", self.config)
@@ -78,31 +82,71 @@ class Engine:
     # ----------------------------------------------------------------------------------------------
     def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Round t's normalized inputs (N, B, C, H, W) and labels (N, B)."""
-        idx = self.sampler.sample(t)  # (N, B)
-        xb = self.train.normalize(self.train.x[idx], self.dtype)
+        return self._inputs(self.sampler.sample(t))
+
+    def _inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xb = self.train.normalize(self.train.x[idx], self.dtype)  # idx (N, B) -> (N, B, C, H, W)
         if self.augment:
             xb = data_mod.augment(xb, self.augment_rng)
         return xb, self.train.y[idx]
 
     def step(self) -> dict[str, torch.Tensor]:
         """One round; returns the algorithm's statistics (device tensors)."""
-        xb, yb = self.batch(self.t)
+        idx = self.sampler.sample(self.t)  # (N, B): host bookkeeping of epochs, kept out of any compiled code
         if self.model.backend == "auto":  # a one-off measurement, kept out of the training time
             start = time.perf_counter()
-            self.model.choose_backend(self.state.x, self.buffers, xb, yb)
+            # on the round's batch, not augmented: the augmentation's generator must advance once a round
+            xb = self.train.normalize(self.train.x[idx], self.dtype)
+            self.model.choose_backend(self.state.x, self.buffers, xb, self.train.y[idx])
             self.setup_time += time.perf_counter() - start
-        new_buffers = [self.buffers]
-
-        def oracle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            loss, g, new_buffers[0] = self.model.grad(x, self.buffers, xb, yb)
-            return loss, g
-
+        if self.compile != "off" and self._compile_rounds < 0:
+            self._prepare_compile()
         mixing = self.topology.mixing(self.t)
-        self.state, stats = self.algorithm.step(self.state, Round(t=self._round_index(), grad=oracle, mixing=mixing))
-        self.buffers = mixing(new_buffers[0]) if self.model.bn == "gossip" else new_buffers[0]
+        t = self._round_index()
+        # compile="round": round 0 runs eagerly and fills the caches (mixing casts, kernel tables) that the
+        # compiled round then reads as constants; round 1 compiles. compile="oracle" compiles in round 0.
+        compiled = self._compiled_round is not None and self._compile_rounds >= 1
+        compiling = self._compile_rounds == (1 if self._compiled_round is not None else 0)
+        start = time.perf_counter()
+        self.state, self.buffers, stats = (self._compiled_round if compiled else self._round)(
+            self.state, self.buffers, idx, t, mixing)
+        if compiling:
+            self._sync()
+            self.compile_time += time.perf_counter() - start
+            self.setup_time += time.perf_counter() - start
+        if self._compile_rounds >= 0:
+            self._compile_rounds += 1
         self.meter.add(stats)
         self.t += 1
         return stats
+
+    def _round(self, state, buffers: torch.Tensor, idx: torch.Tensor, t: torch.Tensor, mixing):
+        """(state, BatchNorm buffers, stats) after one round from the batch indices idx (N, B): what
+        compile="round" compiles, from the gather of the batch to the algorithm's step."""
+        xb, yb = self._inputs(idx)
+        new_buffers = [buffers]
+
+        def oracle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, g, new_buffers[0] = self.model.grad(x, buffers, xb, yb)
+            return loss, g
+
+        state, stats = self.algorithm.step(state, Round(t=t, grad=oracle, mixing=mixing))
+        buffers = mixing(new_buffers[0]) if self.model.bn == "gossip" else new_buffers[0]
+        return state, buffers, stats
+
+    def _prepare_compile(self) -> None:
+        """compile="round" compiles `_round` where the topology gives the same mixing every round: its
+        inputs are then the same objects and tensors of the same shapes each round (the round index a
+        device tensor), and it never recompiles. A time-varying schedule hands over a new mixing each round
+        (its W_t, its neighbour table), which would recompile every round: there, as with compile="oracle",
+        only the vmapped gradient is compiled."""
+        from ..graphs import Topology
+
+        if self.compile == "round" and isinstance(self.topology, Topology):
+            self._compiled_round = torch.compile(self._round, dynamic=False)
+        else:
+            self.model.compile_oracle()
+        self._compile_rounds = 0
 
     def _round_index(self) -> torch.Tensor:
         """Round t as a 0-dim int64 device tensor. It is counted on the device: torch.tensor(t, device=...)
@@ -185,6 +229,7 @@ class Engine:
         return {"algorithm": self.algorithm.name, "topology": repr(self.topology), "agents": self.model.n,
                 "parameters": self.model.P, "backend": self.model.backend,
                 "backend_timings": getattr(self.model, "timings", None), "setup_time": self.setup_time,
+                "compile": self.compile, "compile_time": self.compile_time,
                 "rounds": self.t,
                 "samples_per_s": self.t * self.model.n * self.batch_size / max(self.train_time, 1e-12),
                 "final": last}

@@ -44,7 +44,8 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     out = cfg.out or f"runs/{cfg.algorithm}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
     kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
                   augment=cfg.augment, same_init=cfg.same_init, eval_every=cfg.eval_every,
-                  eval_agents=cfg.eval_agents, progress=cfg.progress, out=out, config=cfg.to_dict(), memory=est)
+                  eval_agents=cfg.eval_agents, progress=cfg.progress, out=out, config=cfg.to_dict(), memory=est,
+                  compile=cfg.compile)
     kwargs.update(engine_kwargs)
     return Engine(model, algo, topo, train, test, part, **kwargs)
 

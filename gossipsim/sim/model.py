@@ -127,6 +127,12 @@ class StackedModel:
             (g,) = torch.autograd.grad(loss, x)
         return loss.detach(), g, new_buf
 
+    def compile_oracle(self) -> None:
+        """torch.compile the vmapped gradient (backends vmap and chunked). Its shapes never change, so it
+        compiles once (chunked: once more for a shorter last chunk). The loop backend keeps plain autograd,
+        which dynamo does not trace."""
+        self._vgrad = torch.compile(self._vgrad, dynamic=False)
+
     def _forward_one(self, x, buf, xb):
         params, state, _ = self._state(x, buf)
         return functional_call(self.template, (params, state), (xb,))
