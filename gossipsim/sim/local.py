@@ -93,6 +93,11 @@ def warmup(schedule: Schedule, rounds: int) -> Schedule:
     return lambda t: schedule(t) * ((_t(t) + 1) / rounds).clamp(max=1.0)
 
 
+def descend_(x: torch.Tensor, d: torch.Tensor, lr_t) -> torch.Tensor:
+    """x -= lr_t d in place, with no (N, P) temporary; lr_t a number, or a 0-dim tensor from a schedule."""
+    return x.addcmul_(d, lr_t, value=-1) if torch.is_tensor(lr_t) else x.sub_(d, alpha=lr_t)
+
+
 def as_schedule(lr: float | Schedule) -> Schedule:
     """A float becomes a constant schedule; a callable is taken as is."""
     return lr if callable(lr) else constant(float(lr))

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..local import LocalSGD, as_schedule
+from ..local import LocalSGD, as_schedule, descend_
 from .base import BITS_PER_VALUE, Round, register
 
 GUARD = 1e-3  # weights may cancel to at most 1/GUARD times their sum before AdaCons gives up on a round
@@ -61,7 +61,7 @@ def adacons(lr, beta: float = 0.99, eps: float = 1e-8, momentum: float = 0.0, ne
         ok = total > GUARD * w.abs().sum()
         agg = torch.where(ok, (w / total * norms.mean() / norms) @ g, g_bar)  # (P,)
         d, buf = opt.direction(state.x, agg.expand(n, p), state.buf)
-        x = state.x - schedule(rnd.t) * d
+        x = descend_(state.x, d, schedule(rnd.t))
         bits = (2 * 2 * (n - 1) / n * BITS_PER_VALUE * p + BITS_PER_VALUE * (n - 1))
         return AdaConsState(x, buf, m, state.steps + 1), {
             "loss": loss, "bits": torch.full((n,), bits, dtype=torch.float64, device=g.device)}

@@ -22,8 +22,9 @@ from typing import NamedTuple
 import torch
 
 from ... import kernels
+from ..local import descend_
 from .base import Round, register
-from .choco import _descend, _parts
+from .choco import _parts
 
 
 class AdaGossipState(NamedTuple):
@@ -45,7 +46,7 @@ def adagossip(lr, gamma: float = 1.0, beta: float = 0.999, eps: float = 1e-8,
     def step(state: AdaGossipState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
-        x = _descend(state.x, d, schedule(rnd.t))  # X^{t+1/2}
+        x = descend_(state.x, d, schedule(rnd.t))  # X^{t+1/2}
         bits = kernels.choco_residual(x, state.x_hat, comp)
         e = rnd.mixing(state.x_hat).sub_(state.x_hat)  # (N, P) gossip error
         u = state.u.mul_(beta).addcmul_(e, e, value=1 - beta)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import ConfigError
-from ..local import LocalSGD, as_schedule
+from ..local import LocalSGD, as_schedule, descend_
 from .base import BITS_PER_VALUE, Round, SGDState, register
 
 
@@ -58,7 +58,7 @@ def al_dsgd(lr, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0
     opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
 
     def init(x0: torch.Tensor) -> SGDState:
-        return SGDState(x0, opt.init(x0))
+        return SGDState(x0.clone(), opt.init(x0))  # its own copy: the step descends in place
 
     def step(state: SGDState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
@@ -69,7 +69,7 @@ def al_dsgd(lr, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0
         d, buf = opt.direction(state.x, g, state.buf)
         if variant == "paper":
             d = d + on * (p1 * (state.x - state.x[best]) + p2 * (state.x - state.x[hub]))
-        half = state.x - schedule(rnd.t) * d  # X^{t+1/2}
+        half = descend_(state.x, d, schedule(rnd.t))  # X^{t+1/2}, in place: x is not read again
         keep = 1 - p1 - p2 if variant == "code" else 1.0
         to_best = keep * c1 + (p1 if variant == "code" else 0.0)
         to_hub = keep * c2 + (p2 if variant == "code" else 0.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..local import LocalSGD, as_schedule
+from ..local import LocalSGD, as_schedule, descend_
 from .base import BITS_PER_VALUE, Round, SGDState, register
 
 
@@ -28,7 +28,7 @@ def allreduce(lr, momentum: float = 0.0, nesterov: bool = False, weight_decay: f
         n, p = g.shape
         g_bar = g.mean(0, keepdim=True).expand_as(g)  # (N, P) view
         d, buf = opt.direction(state.x, g_bar, state.buf)
-        x = state.x - schedule(rnd.t) * d
+        x = descend_(state.x, d, schedule(rnd.t))
         bits = torch.full((n,), 2 * (n - 1) / n * BITS_PER_VALUE * p, dtype=torch.float64, device=g.device)
         return SGDState(x, buf), {"loss": loss, "bits": bits}
 

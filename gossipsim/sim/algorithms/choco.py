@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 
 from ... import kernels
-from ..local import LocalSGD, as_schedule
+from ..local import LocalSGD, as_schedule, descend_
 from .base import Round, register
 
 
@@ -36,11 +36,6 @@ class ChocoState(NamedTuple):
     x_hat: torch.Tensor  # (N, P) public copies: what every neighbour knows of agent i
     s: torch.Tensor | None  # (N, P) W x_hat, kept by choco_parallel only
     buf: torch.Tensor | None  # (N, P) local momentum, None without momentum
-
-
-def _descend(x: torch.Tensor, d: torch.Tensor, lr_t) -> torch.Tensor:
-    """x -= lr_t d in place (lr_t a number, or a 0-dim tensor from a schedule)."""
-    return x.sub_(lr_t * d) if torch.is_tensor(lr_t) else x.sub_(d, alpha=lr_t)
 
 
 def _parts(lr, momentum, nesterov, weight_decay, compressor):
@@ -61,7 +56,7 @@ def choco(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, 
     def step(state: ChocoState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
-        x = _descend(state.x, d, schedule(rnd.t))  # X^{t+1/2}
+        x = descend_(state.x, d, schedule(rnd.t))  # X^{t+1/2}
         bits = kernels.choco_residual(x, state.x_hat, comp)  # x_hat += C(x - x_hat); (N,) bits a message
         kernels.consensus_step(x, state.x_hat, rnd.mixing, gamma)  # x += gamma (W x_hat - x_hat)
         return ChocoState(x, state.x_hat, None, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
@@ -80,7 +75,7 @@ def choco_parallel(lr, gamma: float = 0.5, compressor: kernels.Compressor | None
     def step(state: ChocoState, rnd: Round):
         loss, g = rnd.grad(state.x)
         d, buf = opt.direction(state.x, g, state.buf)
-        y = _descend(state.x, d, schedule(rnd.t))
+        y = descend_(state.x, d, schedule(rnd.t))
         y.add_(state.s - state.x_hat, alpha=gamma)  # last round's public copies: stale by one round
         q, bits = comp.roundtrip(y - state.x_hat)  # (N, P), (N,)
         state.x_hat.add_(q)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..local import LocalSGD, as_schedule
+from ..local import LocalSGD, as_schedule, descend_
 from .base import Round, SGDState, gossip_bits, register
 
 
@@ -26,7 +26,7 @@ def dpsgd(lr, momentum: float = 0.0, nesterov: bool = False, weight_decay: float
     def step(state: SGDState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
-        x = rnd.mixing(state.x) - schedule(rnd.t) * d
+        x = descend_(rnd.mixing(state.x), d, schedule(rnd.t))  # into W x, a fresh tensor
         return SGDState(x, buf), {"loss": loss, "bits": gossip_bits(rnd.mixing, x.shape[1])}
 
     return init, step

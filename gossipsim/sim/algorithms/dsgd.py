@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..local import LocalSGD, as_schedule
+from ..local import LocalSGD, as_schedule, descend_
 from .base import Round, SGDState, gossip_bits, register
 
 
@@ -21,12 +21,12 @@ def dsgd(lr, momentum: float = 0.0, nesterov: bool = False, weight_decay: float 
     opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
 
     def init(x0: torch.Tensor) -> SGDState:
-        return SGDState(x0, opt.init(x0))
+        return SGDState(x0.clone(), opt.init(x0))  # its own copy: the step descends in place
 
     def step(state: SGDState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
-        x = rnd.mixing(state.x - schedule(rnd.t) * d)
+        x = rnd.mixing(descend_(state.x, d, schedule(rnd.t)))  # W (X - lr D), one (N, P) allocated: W's output
         return SGDState(x, buf), {"loss": loss, "bits": gossip_bits(rnd.mixing, x.shape[1])}
 
     return init, step

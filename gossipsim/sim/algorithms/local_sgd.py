@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..local import LocalSGD, as_schedule
+from ..local import LocalSGD, as_schedule, descend_
 from .base import Round, SGDState, register
 
 
@@ -17,12 +17,12 @@ def local(lr, momentum: float = 0.0, nesterov: bool = False, weight_decay: float
     opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
 
     def init(x0: torch.Tensor) -> SGDState:
-        return SGDState(x0, opt.init(x0))
+        return SGDState(x0.clone(), opt.init(x0))  # its own copy: the step descends in place
 
     def step(state: SGDState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
-        x = state.x - schedule(rnd.t) * d
+        x = descend_(state.x, d, schedule(rnd.t))
         return SGDState(x, buf), {"loss": loss, "bits": torch.zeros_like(loss, dtype=torch.float64)}
 
     return init, step

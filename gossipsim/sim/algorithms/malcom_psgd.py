@@ -22,8 +22,9 @@ import torch
 
 from ... import kernels
 from ...errors import ConfigError
+from ..local import descend_
 from .base import Round, register
-from .choco import ChocoState, _descend, _parts
+from .choco import ChocoState, _parts
 
 
 @register("malcom_psgd")
@@ -41,7 +42,7 @@ def malcom_psgd(lr, mu: float = 1e-5, gamma: float = 0.05, compressor: kernels.C
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
         lr_t = schedule(rnd.t)
-        x = _descend(state.x, d, lr_t)  # X^{t+1/2}
+        x = descend_(state.x, d, lr_t)  # X^{t+1/2}
         bits = kernels.choco_residual(x, state.x_hat, comp)  # x_hat += Q(x - x_hat); (N,) bits a message
         kernels.consensus_step(x, state.x_hat, rnd.mixing, gamma)  # x += gamma (W x_hat - x_hat)
         if mu:
