@@ -91,6 +91,8 @@ class Config:
     compile: str = key("off", "torch.compile: off | oracle (the agents' gradients) | round (batch, gradients and "
                               "the algorithm's step; static topologies, else oracle)")
     dtype: str = key("float32", "float32 | float64")
+    autocast: str = key("off", "off | bf16: forward and backward in bfloat16 (parameters, gradients and gossip "
+                               "stay float32)")
     device: str = key("cpu", "cpu | cuda | cuda:K")
     eval_every: int = key(50, "rounds between evaluations")
     eval_agents: bool = key(True, "also evaluate every agent (mean/min/max accuracy)")
@@ -120,6 +122,10 @@ class Config:
         _choice("bn", self.bn, ("local", "gossip"))
         _choice("backend", self.backend, ("auto", "vmap", "loop", "chunked"))
         _choice("compile", self.compile, COMPILE)
+        _choice("autocast", self.autocast, ("off", "bf16"))
+        if self.autocast != "off" and self.dtype != "float32":
+            raise ConfigError(f"autocast={self.autocast} needs dtype=float32 (autocast lowers float32 "
+                              f"computations), got dtype={self.dtype}")
         _choice("dtype", self.dtype, DTYPES)
         if self.norm is not None:
             _choice("norm", self.norm, ("bn", "gn", "none"))

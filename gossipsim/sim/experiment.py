@@ -36,7 +36,8 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
         model_args["norm"] = cfg.norm
     accepted = inspect.signature(models.MODELS[cfg.model]).parameters
     factory = functools.partial(models.make, cfg.model, **{k: v for k, v in model_args.items() if k in accepted})
-    model = StackedModel(factory, cfg.agents, backend=cfg.backend, chunk_size=cfg.chunk_size or None, bn=cfg.bn)
+    model = StackedModel(factory, cfg.agents, backend=cfg.backend, chunk_size=cfg.chunk_size or None, bn=cfg.bn,
+                         autocast=None if cfg.autocast == "off" else torch.bfloat16)
     algo = algorithms.make(cfg.algorithm, **_hyper(cfg, model))
     # the datasets are on the device already: what is free is what the run can take
     est = memory.plan(model, algo, cfg.batch_size, train.shape, getattr(torch, cfg.dtype), device)

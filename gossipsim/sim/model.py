@@ -38,6 +38,11 @@ BN_MODES = ("local", "gossip")
 _AUTO_CHOICES: dict[tuple, tuple[str, dict[str, float]]] = {}  # what backend="auto" measured, per shape
 
 
+def _batchnorm_in_float32(module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    return (x.float(), *args[1:]) if x.dtype in (torch.bfloat16, torch.float16) else args
+
+
 class StackedModel:
     """N copies of one architecture whose parameters are the rows of a flat (N, P) tensor.
 
@@ -47,14 +52,17 @@ class StackedModel:
 
     def __init__(self, factory: Callable[[], nn.Module], n: int, *, backend: str = "auto",
                  chunk_size: int | None = None, bn: str = "local",
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy):
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                 autocast: torch.dtype | None = None):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
         if bn not in BN_MODES:
             raise ConfigError(f"unknown bn mode {bn!r}; accepted: {', '.join(BN_MODES)}")
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.factory, self.n, self.bn, self.loss_fn = factory, n, bn, loss_fn
+        if autocast not in (None, torch.bfloat16, torch.float16):
+            raise ConfigError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+        self.factory, self.n, self.bn, self.loss_fn, self.autocast = factory, n, bn, loss_fn, autocast
         self.backend = backend
         self.chunk_size = chunk_size or max(1, n // 4)
         with torch.device("meta"):
@@ -63,6 +71,12 @@ class StackedModel:
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is None:
                 raise ConfigError("BatchNorm with momentum=None (cumulative averages) is not supported; "
                                   "give it a momentum such as 0.1")
+        if autocast is not None:
+            # BatchNorm in float32 under autocast: its batch statistics want the precision, and on a CPU the
+            # vmapped batch norm of a bfloat16 input with float32 weights fails ("expected scalar type")
+            for m in self.template.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.register_forward_pre_hook(_batchnorm_in_float32)
         params = list(self.template.named_parameters())
         buffers = [(k, b) for k, b in self.template.named_buffers() if b.is_floating_point()]
         self.param_names = [k for k, _ in params]
@@ -147,6 +161,12 @@ class StackedModel:
         backend = backend or self.backend
         if backend == "auto":
             backend = self.choose_backend(x, buf, xb, yb)
+        if self.autocast is not None:  # forward and backward in low precision; x, g and buffers stay as they are
+            with torch.autocast(x.device.type, dtype=self.autocast):
+                return self._grad(x, buf, xb, yb, backend)
+        return self._grad(x, buf, xb, yb, backend)
+
+    def _grad(self, x, buf, xb, yb, backend: str):
         self.template.train()
         if backend == "vmap":
             g, (loss, new_buf) = self._vgrad(x, buf, xb, yb)
