@@ -55,7 +55,7 @@ MODELS = {
     "resnet20-gn": ("resnet20", {"norm": "gn"}, (3, 32, 32)),
     "resnet18": ("resnet18", {}, (3, 32, 32)),
 }
-AGENTS = {"mlp": [8, 32, 128], "lenet5": [8, 32], "resnet20": [4, 16], "resnet20-gn": [4, 16], "resnet18": [2, 4]}
+AGENTS = {"mlp": [8, 32, 128], "lenet5": [8, 32], "resnet20": [4, 16], "resnet20-gn": [4, 16], "resnet18": [2]}
 AGENTS_QUICK = {"mlp": [8, 32], "lenet5": [8], "resnet20": [4], "resnet20-gn": [4], "resnet18": []}
 AGENTS_CUDA = {"mlp": [64, 256, 1024], "lenet5": [64, 256, 1024], "resnet20": [16, 64, 256],
                "resnet20-gn": [16, 64, 256], "resnet18": [16, 64]}
