@@ -22,7 +22,7 @@ def engine(tmp_path, compile_mode, **keys):
     dict(algorithm="choco", compressor="top_k:0.05", gamma=0.5, model="lenet5", topology="ring"),
     dict(algorithm="dsgd", model="mlp", topology="random_matching"),  # a new W_t a round: the oracle compiled
 ], ids=["dsgd-ring", "choco-topk-lenet5", "dsgd-random-schedule"])
-def test_compiled_rounds_equal_eager_and_never_recompile(keys, tmp_path, monkeypatch):
+def test_compiled_rounds_equal_eager_and_never_recompile(keys, tmp_path):
     torch._dynamo.reset()
     eager, compiled = engine(tmp_path, "off", **keys), engine(tmp_path, "round", **keys)
     for _ in range(2):  # round 0 eager (it fills the caches the compiled round reads), round 1 compiles
@@ -30,11 +30,11 @@ def test_compiled_rounds_equal_eager_and_never_recompile(keys, tmp_path, monkeyp
         compiled.step()
     assert compiled.compile_time > 0
     # the round index and the cosine schedule's lr are device tensors: a new value must not recompile
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    for _ in range(6):
-        eager.step()
-        compiled.step()
-        torch.testing.assert_close(compiled.state.x, eager.state.x, rtol=1e-10, atol=1e-12)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(6):
+            eager.step()
+            compiled.step()
+            torch.testing.assert_close(compiled.state.x, eager.state.x, rtol=1e-10, atol=1e-12)
     assert compiled.summary()["compile_time"] == compiled.compile_time <= compiled.setup_time
 
 
