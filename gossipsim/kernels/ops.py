@@ -146,7 +146,7 @@ def consensus_step(x: torch.Tensor, x_hat: torch.Tensor, mixing, gamma: float) -
     if backend(x) == "triton" and x.is_contiguous() and x_hat.is_contiguous():
         idx, w = mixing.table(x.dtype, x.device)
         return _triton().mix(x_hat, idx, w, x=x, gamma=float(gamma), out=x)
-    return x.add_(mixing(x_hat) - x_hat, alpha=gamma)
+    return x.add_(mixing(x_hat).sub_(x_hat), alpha=gamma)  # W x_hat's own output holds the difference
 
 
 def gossip(idx: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
