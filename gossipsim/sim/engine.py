@@ -69,7 +69,7 @@ class Engine:
         self.setup_time = 0.0  # choosing the backend (auto), compiling
         self.compile_time = 0.0  # the rounds that compiled (part of setup_time)
         self._compiled_round: Callable | None = None
-        self._compile_rounds = -1  # rounds run since compilation was set up (-1: not yet)
+        self._compiles_at: int | None = None  # the round that compiles, once compilation is set up
         self.run_dir = RunDir(self.out) if self.out is not None else None
         if self.run_dir is not None:
             self.run_dir.write_json("config.json", self.config)
@@ -84,9 +84,9 @@ class Engine:
         """Round t's normalized inputs (N, B, C, H, W) and labels (N, B)."""
         return self._inputs(self.sampler.sample(t))
 
-    def _inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(self, idx: torch.Tensor, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         xb = self.train.normalize(self.train.x[idx], self.dtype)  # idx (N, B) -> (N, B, C, H, W)
-        if self.augment:
+        if augment and self.augment:
             xb = data_mod.augment(xb, self.augment_rng)
         return xb, self.train.y[idx]
 
@@ -96,17 +96,16 @@ class Engine:
         if self.model.backend == "auto":  # a one-off measurement, kept out of the training time
             start = time.perf_counter()
             # on the round's batch, not augmented: the augmentation's generator must advance once a round
-            xb = self.train.normalize(self.train.x[idx], self.dtype)
-            self.model.choose_backend(self.state.x, self.buffers, xb, self.train.y[idx])
+            self.model.choose_backend(self.state.x, self.buffers, *self._inputs(idx, augment=False))
             self.setup_time += time.perf_counter() - start
-        if self.compile != "off" and self._compile_rounds < 0:
+        if self.compile != "off" and self._compiles_at is None:
             self._prepare_compile()
         mixing = self.topology.mixing(self.t)
         t = self._round_index()
         # compile="round": round 0 runs eagerly and fills the caches (mixing casts, kernel tables) that the
         # compiled round then reads as constants; round 1 compiles. compile="oracle" compiles in round 0.
-        compiled = self._compiled_round is not None and self._compile_rounds >= 1
-        compiling = self._compile_rounds == (1 if self._compiled_round is not None else 0)
+        compiled = self._compiled_round is not None and self.t >= self._compiles_at
+        compiling = self.t == self._compiles_at
         start = time.perf_counter()
         self.state, self.buffers, stats = (self._compiled_round if compiled else self._round)(
             self.state, self.buffers, idx, t, mixing)
@@ -114,8 +113,6 @@ class Engine:
             self._sync()
             self.compile_time += time.perf_counter() - start
             self.setup_time += time.perf_counter() - start
-        if self._compile_rounds >= 0:
-            self._compile_rounds += 1
         self.meter.add(stats)
         self.t += 1
         return stats
@@ -144,9 +141,10 @@ class Engine:
 
         if self.compile == "round" and isinstance(self.topology, Topology):
             self._compiled_round = torch.compile(self._round, dynamic=False)
+            self._compiles_at = self.t + 1  # this round runs eagerly first
         else:
             self.model.compile_oracle()
-        self._compile_rounds = 0
+            self._compiles_at = self.t
 
     def _round_index(self) -> torch.Tensor:
         """Round t as a 0-dim int64 device tensor. It is counted on the device: torch.tensor(t, device=...)
