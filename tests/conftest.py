@@ -6,6 +6,10 @@ import torch
 if not torch.cuda.is_available():  # Triton kernels run on the CPU through the interpreter (set before any import)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER") and os.cpu_count() and os.cpu_count() <= 2:
+    # pytest -n 2 on two cores: one thread per worker process, not two workers fighting over both cores
+    torch.set_num_threads(1)
+
 
 @pytest.fixture
 def fresh_seed(request) -> int:

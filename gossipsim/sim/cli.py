@@ -1,7 +1,8 @@
-"""The command line: `gossipsim run [CONFIG.toml] [--key=value ...]`, `gossipsim graphs`, `gossipsim bench`.
+"""The command line: `gossipsim run [CONFIG.toml] [--key=value ...]`, `gossipsim run --resume=DIR`,
+`gossipsim sweep FILE.toml`, `gossipsim plot RUN_DIR...`, `gossipsim graphs`, `gossipsim bench`.
 
 Exit status: 0 success, 2 a bad configuration or argument (one line on stderr, never a traceback),
-130 interrupted.
+3 training diverged (NaN or Inf; the last good checkpoint is kept), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -10,7 +11,20 @@ import dataclasses
 import math
 import sys
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Diverged
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument answered like every other user mistake: one line, exit status 2."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("gossipsim").strip()
+        raise ConfigError(f"{command}: {message}" if command else message)
+
+
+def _one_line(message: str) -> str:
+    """The message with any control character (a newline in a user's value, say) written as an escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _parse_overrides(args: list[str]) -> tuple[str | None, dict[str, str]]:
@@ -45,10 +59,11 @@ def _keys_help() -> str:
 
 def cmd_run(argv: list[str]) -> int:
     from .config import Config, load_toml
-    from .experiment import build, quickstart, results_table
+    from .experiment import build, quickstart, results_table, resume
 
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: gossipsim run [CONFIG.toml] [--key=value ...]\n\n"
+        print("usage: gossipsim run [CONFIG.toml] [--key=value ...]\n"
+              "       gossipsim run --resume=DIR [--rounds=R] [--eval_every=K ...]\n\n"
               "With no arguments: the quickstart (dsgd, dpsgd, allreduce and local on a ring of 16 agents,\n"
               "built-in synthetic dataset), a results table and runs/quickstart/.\n\n" + _keys_help())
         return 0
@@ -58,12 +73,29 @@ def cmd_run(argv: list[str]) -> int:
         print(f"\nrun directories and {plot.name} in {plot.parent}/")
         return 0
     path, overrides = _parse_overrides(argv)
-    values = load_toml(path) if path else {}
-    cfg = Config.from_dict({**values, **overrides})
-    engine = build(cfg)
-    print(engine.describe_partition(), file=sys.stderr)
+    resume_dir = overrides.pop("resume", None)
+    if resume_dir is not None:
+        if path:
+            raise ConfigError(f"--resume continues the run in {resume_dir} with its own config; drop {path}")
+        engine = resume(resume_dir, **overrides)
+        cfg = Config.from_dict(engine.config)
+        print(f"resuming {resume_dir} at round {engine.t} of {cfg.rounds}", file=sys.stderr)
+    else:
+        values = load_toml(path) if path else {}
+        cfg = Config.from_dict({**values, **overrides})
+        engine = build(cfg)
+        print(engine.describe_partition(), file=sys.stderr)
     print(f"memory: {engine.memory.describe()} at the peak of a round, besides the data", file=sys.stderr)
-    history = engine.run(cfg.rounds)
+    if engine.checkpoint_interval:
+        from .checkpoint import nbytes
+        from .memory import size
+
+        print(f"checkpoint: {size(nbytes(engine))} to {engine.run_dir.path / 'checkpoint.pt'} every "
+              f"{engine.checkpoint_interval} rounds (checkpoint_every=0: none)", file=sys.stderr)
+    try:
+        history = engine.run(cfg.rounds - engine.t)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"continue with: gossipsim run --resume={engine.run_dir.path}") from None
     row = {"algorithm": cfg.algorithm, **history[-1], "samples_per_s": engine.summary()["samples_per_s"]}
     print(results_table([row]))
     if cfg.compile != "off":
@@ -79,6 +111,43 @@ def cmd_run(argv: list[str]) -> int:
     return 0
 
 
+def cmd_sweep(argv: list[str]) -> int:
+    """`gossipsim sweep FILE.toml [--list]`: every point of the grid, resumably, into results.csv."""
+    from . import sweep
+
+    parser = _Parser(prog="gossipsim sweep", description="Run a grid of experiments (sim/sweep.py describes the "
+                     "file); run again, it skips finished runs and resumes interrupted ones.")
+    parser.add_argument("file", metavar="FILE.toml")
+    parser.add_argument("--list", action="store_true", help="list the points and their status; run nothing")
+    ns = parser.parse_args(argv)
+    if ns.list:
+        out, _, points = sweep.load(ns.file)
+        for point in points:
+            print(f"{sweep.status(point):<12} {point.name}")
+        print(f"{len(points)} runs in {out}/")
+        return 0
+    csv = sweep.run(ns.file, progress=sys.stderr.isatty())
+    print(f"results: {csv} (a row per run per evaluation); plot them with: gossipsim plot {csv.parent}")
+    return 0
+
+
+def cmd_plot(argv: list[str]) -> int:
+    """`gossipsim plot RUN_DIR... [--out FILE.png]`: curves of runs, mean and std over seeds."""
+    from . import results
+
+    parser = _Parser(prog="gossipsim plot", description="Plot test accuracy against rounds and against bits sent, "
+                     "and consensus distance; runs that differ only in seed are drawn as a mean with a band of one "
+                     "standard deviation.")
+    parser.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="run directories, or a sweep's directory")
+    parser.add_argument("--out", default=None, help="the PNG (default: plot.png in the first directory)")
+    ns = parser.parse_args(argv)
+    runs = results.find_runs(ns.dirs)
+    path = results.plot(runs, ns.out or f"{ns.dirs[0]}/plot.png")
+    groups = results.group(runs)
+    print(f"{len(runs)} runs in {len(groups)} groups drawn to {path}")
+    return 0
+
+
 def cmd_graphs(argv: list[str]) -> int:
     """Describe topologies: size, degrees, diameter, spectral gap, rho, the worst round's ||W_t - J|| over 64
     rounds, mixing time; optionally draw them."""
@@ -87,7 +156,7 @@ def cmd_graphs(argv: list[str]) -> int:
 
     from .. import graphs
 
-    parser = argparse.ArgumentParser(prog="gossipsim graphs", description="Describe (and draw) topologies.")
+    parser = _Parser(prog="gossipsim graphs", description="Describe (and draw) topologies.")
     parser.add_argument("specs", nargs="+", metavar="SPEC", help="e.g. ring:16 torus:4x4 dyck erdos_renyi:16,0.3")
     parser.add_argument("--agents", type=int, default=None, help="size for specs that give none (ring, torus...)")
     parser.add_argument("--weights", default="metropolis", help=f"one of {', '.join(graphs.WEIGHTS)}")
@@ -138,7 +207,7 @@ def cmd_bench(argv: list[str]) -> int:
     """`gossipsim bench [--quick] [--device D] [--out PATH]`: every benchmark, written up in RESULTS.md."""
     from . import bench
 
-    parser = argparse.ArgumentParser(prog="gossipsim bench", description="Run every benchmark and write "
+    parser = _Parser(prog="gossipsim bench", description="Run every benchmark and write "
                                      "benchmarks/RESULTS.md (tables, device, versions, date) and scaling.png.")
     parser.add_argument("--quick", action="store_true", help="fewer sizes and shorter timing (< 2 min on 2 cores)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when present")
@@ -148,34 +217,40 @@ def cmd_bench(argv: list[str]) -> int:
     return 0
 
 
+COMMANDS = {"run": "train (no arguments: the quickstart); run --resume=DIR continues a run",
+            "sweep": "run a grid of experiments from a TOML file, resumably, into one CSV",
+            "plot": "plot run directories: accuracy against rounds and bits, consensus; mean and std over seeds",
+            "graphs": "describe (and draw) topologies", "bench": "run the benchmarks"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="gossipsim", description="Simulate decentralized (gossip) training "
-                                     "of N agents on one device.")
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument("command", nargs="?", choices=["run", "graphs", "bench"],
-                        help="run: train (no arguments: the quickstart); graphs: describe topologies; "
-                             "bench: run the benchmarks")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG.toml] [--key=value ...]")
-    if argv and argv[0] in ("run", "graphs", "bench"):  # everything after the command is its own, --help too
-        command, rest = argv[0], argv[1:]
-    else:
+    handlers = {"run": cmd_run, "sweep": cmd_sweep, "plot": cmd_plot, "graphs": cmd_graphs, "bench": cmd_bench}
+    try:
+        if argv and argv[0] in handlers:  # everything after the command is its own, --help too
+            return handlers[argv[0]](argv[1:])
+        parser = _Parser(prog="gossipsim", description="Simulate decentralized (gossip) training of N agents on "
+                         "one device.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="commands:\n" + "\n".join(f"  {k:<8} {v}" for k, v in COMMANDS.items()) +
+                         "\n\nexit status: 0 done, 2 bad configuration or argument, 3 training diverged, "
+                         "130 interrupted")
+        parser.add_argument("--version", action="store_true", help="print the version and exit")
         ns = parser.parse_args(argv)
         if ns.version:
             from .. import __version__
             print(__version__)
             return 0
-        if ns.command is None:
-            parser.print_help()
-            return 2
-        command, rest = ns.command, ns.args
-    try:
-        return {"run": cmd_run, "graphs": cmd_graphs, "bench": cmd_bench}[command](rest)
-    except ConfigError as e:
-        print(f"gossipsim: error: {e}", file=sys.stderr)
+        parser.print_help()
         return 2
-    except KeyboardInterrupt:
-        print("gossipsim: interrupted; files already written are kept", file=sys.stderr)
+    except ConfigError as e:
+        print(f"gossipsim: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except Diverged as e:
+        print(f"gossipsim: {_one_line(str(e))}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt as e:
+        hint = f"; {e}" if str(e) else ""
+        print(f"gossipsim: interrupted; files already written are kept{hint}", file=sys.stderr)
         return 130
 
 

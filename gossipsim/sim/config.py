@@ -97,6 +97,8 @@ class Config:
     eval_every: int = key(50, "rounds between evaluations")
     eval_agents: bool = key(True, "also evaluate every agent (mean/min/max accuracy)")
     eval_samples: int = key(0, "evaluate on the first k test samples (0: the whole test set)")
+    checkpoint_every: int | None = key(None, "rounds between checkpoints (out/checkpoint.pt; a multiple of "
+                                              "eval_every); default: at every evaluation; 0: none")
     progress: bool = key(True, "show a progress bar")
     out: str | None = key(None, "run directory (default runs/<algorithm>-<topology><N>-<time>)")
 
@@ -133,6 +135,9 @@ class Config:
                          ("shards_per_agent", 1), ("warmup", 0), ("chunk_size", 0), ("eval_samples", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be an integer >= {low}, got {getattr(self, key)}")
+        if self.checkpoint_every is not None and (self.checkpoint_every < 0 or self.checkpoint_every % self.eval_every):
+            raise ConfigError(f"checkpoint_every must be 0 (none) or a multiple of eval_every={self.eval_every} "
+                              f"(checkpoints are taken at evaluations), got {self.checkpoint_every}")
         for key in ("lr", "alpha", "lr_factor"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")

@@ -1,4 +1,4 @@
-"""The only training loop: data, RNG, schedules, metrics, logging. An algorithm owns one round.
+"""The only training loop: data, RNG, schedules, metrics, logging, checkpoints. An algorithm owns one round.
 
     for t in range(rounds):
         idx   = sampler.sample(t)                          # (N, B) indices, on the device
@@ -6,11 +6,13 @@
         state, stats = algorithm.step(state, Round(t, grad=oracle(batch), mixing=topology.mixing(t)))
         meter.add(stats)                                   # on-device sums, no host sync
         every eval_every rounds: evaluate, log, progress   # the one named host sync point
+                                 checkpoint, stop on NaN/Inf
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError, Diverged
+from . import checkpoint as ckpt
 from . import data as data_mod
 from .algorithms import Algorithm, Round
 from .metrics import Meter, RunDir, consensus_distance
@@ -50,6 +54,8 @@ class Engine:
     config: dict[str, Any] = field(default_factory=dict)
     memory: Any = None  # memory.Estimate of the run's peak, from the preflight in experiment.build
     compile: str = "off"  # torch.compile: "off", "oracle" (the gradients) or "round" (see _prepare_compile)
+    checkpoint_every: int | None = None  # rounds between checkpoints in out/; None: every evaluation; 0: none
+    resume: dict[str, Any] | None = None  # a checkpoint's contents (checkpoint.load) to continue from
     on_eval: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
@@ -61,6 +67,16 @@ class Engine:
         self.state = self.algorithm.init(x0)
         self.sampler = data_mod.Sampler(self.partition, self.batch_size, seed=self.seed, device=self.device)
         self.augment_rng = torch.Generator(self.device).manual_seed(self.seed + 1)
+        # The compressors' random draws (rand-k, QSGD's rounding, the Triton kernels' seeds) come from torch's
+        # global generators. The engine keeps its own states of them, seeded, and swaps them in for its rounds:
+        # the same seed then gives the same run whatever ran before it in the process (a sweep, a notebook).
+        self._rng = _seeded_rng(self.seed + 2, self.device)
+        every = self.eval_every if self.checkpoint_every is None else self.checkpoint_every
+        if every < 0 or every % self.eval_every:
+            raise ConfigError(f"checkpoint_every must be 0 (none) or a multiple of eval_every={self.eval_every} "
+                              f"(checkpoints are taken at evaluations), got {every}")
+        self.checkpoint_interval = every
+        self._checkpoint_round: int | None = None  # the round of the last checkpoint in out/
         self.meter = Meter(n, self.device)
         self.t = 0
         self._t_dev, self._t_at = torch.zeros((), dtype=torch.int64, device=self.device), 0  # round t, on device
@@ -70,10 +86,13 @@ class Engine:
         self.compile_time = 0.0  # the rounds that compiled (part of setup_time)
         self._compiled_round: Callable | None = None
         self._compiles_at: int | None = None  # the round that compiles, once compilation is set up
-        self.run_dir = RunDir(self.out) if self.out is not None else None
+        self.run_dir = RunDir(self.out, resume=self.resume is not None) if self.out is not None else None
         if self.run_dir is not None:
             self.run_dir.write_json("config.json", self.config)
             (self.run_dir.path / "partition.txt").write_text(self.describe_partition() + "\n")
+        if self.resume is not None:
+            self.load_state_dict(self.resume)
+            self.resume = None  # the engine's state now; no need to hold a second copy
 
     def describe_partition(self) -> str:
         """Per-agent shard sizes and label histograms, as a short human report."""
@@ -107,13 +126,14 @@ class Engine:
         compiled = self._compiled_round is not None and self.t >= self._compiles_at
         compiling = self.t == self._compiles_at
         start = time.perf_counter()
-        self.state, self.buffers, stats = (self._compiled_round if compiled else self._round)(
-            self.state, self.buffers, idx, t, mixing)
+        with self._own_rng():
+            self.state, self.buffers, stats = (self._compiled_round if compiled else self._round)(
+                self.state, self.buffers, idx, t, mixing)
         if compiling:
             self._sync()
             self.compile_time += time.perf_counter() - start
             self.setup_time += time.perf_counter() - start
-        self.meter.add(stats)
+        self.meter.add(stats, t)
         self.t += 1
         return stats
 
@@ -157,27 +177,54 @@ class Engine:
         return t
 
     def run(self, rounds: int) -> list[dict[str, Any]]:
-        """Run `rounds` more rounds, evaluating every eval_every rounds and after the last one."""
+        """Run `rounds` more rounds, evaluating every eval_every rounds and after the last one, and checkpointing
+        every checkpoint_every rounds and after the last one. NaN or Inf in a loss or in the parameters, found
+        at an evaluation, raises Diverged; the checkpoints taken before are kept."""
         end = self.t + rounds
         if not self.history:
             self.evaluate()  # round 0: every curve starts from the common initial point
         bar = tqdm(total=rounds, disable=not self.progress, desc=self.algorithm.name, leave=False)
         window_start, setup = time.perf_counter(), self.setup_time
-        while self.t < end:
-            self.step()
-            bar.update(1)
-            if self.t % self.eval_every == 0 or self.t == end:
-                self._sync()
-                window_time = time.perf_counter() - window_start - (self.setup_time - setup)
-                self.train_time += window_time
-                row = self.evaluate(window_time=window_time)
-                bar.set_postfix(acc=f"{100 * row['test_acc']:.1f}%", loss=f"{row['train_loss']:.3f}")
-                window_start, setup = time.perf_counter(), self.setup_time
-        bar.close()
+        try:
+            while self.t < end:
+                self.step()
+                bar.update(1)
+                if self.t % self.eval_every == 0 or self.t == end:
+                    self._sync()
+                    window_time = time.perf_counter() - window_start - (self.setup_time - setup)
+                    self.train_time += window_time
+                    self._check_finite()
+                    row = self.evaluate(window_time=window_time)
+                    bar.set_postfix(acc=f"{100 * row['test_acc']:.1f}%", loss=f"{row['train_loss']:.3f}")
+                    if self.checkpoint_interval and (self.t % self.checkpoint_interval == 0 or self.t == end):
+                        self.save_checkpoint()
+                    window_start, setup = time.perf_counter(), self.setup_time
+        finally:
+            bar.close()
         if self.run_dir is not None:
             self.run_dir.write_json("summary.json", self.summary())
             self.run_dir.plot(self.history, f"{self.algorithm.name} on {self.topology!r}")
         return self.history
+
+    def _check_finite(self) -> None:
+        """Raise Diverged if a loss since the last check, or a parameter now, is NaN or Inf (a host sync: called
+        at evaluations only). summary.json records it."""
+        first = self.meter.first_bad.cpu()  # (N,)
+        if (first >= 0).any():
+            at, what = int(first[first >= 0].min()), "the loss"
+            agents = (first == at).nonzero().flatten().tolist()
+        else:
+            finite = torch.isfinite(self.state.x).all(1).cpu()  # (N,)
+            if finite.all():
+                return
+            at, what, agents = self.t, "the parameters", (~finite).nonzero().flatten().tolist()
+        kept = f"{self.run_dir.path / ckpt.NAME} (round {self._checkpoint_round})" \
+            if self._checkpoint_round is not None else None
+        error = Diverged(at, agents, what, kept)
+        if self.run_dir is not None:
+            self.run_dir.write_json("summary.json", {**self.summary(), "diverged": {
+                "round": at, "agents": agents, "what": what, "checkpoint": kept, "message": str(error)}})
+        raise error
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -222,6 +269,65 @@ class Engine:
             self.on_eval(row)
         return row
 
+    # ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next round depends on, tensors on the CPU (see checkpoint.py). A host sync."""
+        def cpu(v):
+            return v.detach().cpu() if isinstance(v, torch.Tensor) else v
+
+        return {"round": self.t, "algorithm": self.algorithm.name,
+                "state": {k: cpu(v) for k, v in self.state._asdict().items()}, "buffers": cpu(self.buffers),
+                "sampler": self.sampler.state_dict(), "augment_rng": self.augment_rng.get_state(),
+                "rng": self._rng, "meter": self.meter.state_dict(), "history": self.history,
+                "backend": self.model.backend, "train_time": self.train_time, "setup_time": self.setup_time,
+                "compile_time": self.compile_time, "config": self.config}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Continue from a state_dict (a checkpoint): the next round is d["round"]."""
+        if d["algorithm"] != self.algorithm.name:
+            raise ConfigError(f"the checkpoint is of algorithm {d['algorithm']!r}, this run's is "
+                              f"{self.algorithm.name!r}")
+        fields = self.state._asdict()
+        for k, v in d["state"].items():
+            mine = fields.get(k, ...)
+            if mine is ... or (mine is None) != (v is None) or (v is not None and v.shape != mine.shape):
+                raise ConfigError(f"the checkpoint's {self.algorithm.name} state does not fit this run: field {k} "
+                                  f"is {None if v is None else tuple(v.shape)} there, "
+                                  f"{None if mine in (None, ...) else tuple(mine.shape)} here")
+        self.state = type(self.state)(**{k: None if v is None else v.to(self.device, fields[k].dtype)
+                                         for k, v in d["state"].items()})
+        self.buffers = d["buffers"].to(self.device, self.buffers.dtype)
+        self.sampler.load_state_dict(d["sampler"])
+        self.augment_rng.set_state(d["augment_rng"])
+        self._rng = {**_seeded_rng(self.seed + 2, self.device), **d["rng"]}  # a CPU run resumed on a GPU: seeded
+        self.meter.load_state_dict(d["meter"])
+        self.history = list(d["history"])
+        if self.model.backend == "auto":  # the backend measured before, not a new measurement
+            self.model.backend = d["backend"]
+        self.train_time, self.setup_time, self.compile_time = d["train_time"], d["setup_time"], d["compile_time"]
+        self.t = self._checkpoint_round = int(d["round"])
+        if self.run_dir is not None:
+            self.run_dir.keep_metrics(len(self.history))
+
+    def save_checkpoint(self) -> Path:
+        """Write the state_dict to out/checkpoint.pt atomically (the previous one stays whole until replaced)."""
+        if self.run_dir is None:
+            raise ConfigError("save_checkpoint needs a run directory: give the engine out=")
+        path = ckpt.save(self.state_dict(), self.run_dir.path / ckpt.NAME)
+        self._checkpoint_round = self.t
+        return path
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run with this engine's generator states in torch's global generators, then give the caller's back."""
+        theirs = _rng_state(self.device)
+        _set_rng_state(self._rng, self.device)
+        try:
+            yield
+        finally:
+            self._rng = _rng_state(self.device)
+            _set_rng_state(theirs, self.device)
+
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
         return {"algorithm": self.algorithm.name, "topology": repr(self.topology), "agents": self.model.n,
@@ -235,3 +341,24 @@ class Engine:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's global generator states that a round on `device` draws from (no device sync)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _seeded_rng(seed: int, device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.Generator().manual_seed(seed).get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.Generator(device).manual_seed(seed).get_state()
+    return state

@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import inspect
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from typing import Any
 import torch
 
 from .. import graphs
-from . import algorithms, data, local, memory, models
+from ..errors import ConfigError
+from . import algorithms, checkpoint, data, local, memory, models
 from .config import Config
 from .engine import Engine
 from .model import StackedModel, keep_freed_memory
@@ -46,9 +48,30 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
                   augment=cfg.augment, same_init=cfg.same_init, eval_every=cfg.eval_every,
                   eval_agents=cfg.eval_agents, progress=cfg.progress, out=out, config=cfg.to_dict(), memory=est,
-                  compile=cfg.compile)
+                  compile=cfg.compile, checkpoint_every=cfg.checkpoint_every)
     kwargs.update(engine_kwargs)
     return Engine(model, algo, topo, train, test, part, **kwargs)
+
+
+# What may change when a run is resumed: how long it runs and how it reports, never what it computes.
+RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "progress", "device", "compile")
+
+
+def resume(run_dir: str | Path, **overrides: Any) -> Engine:
+    """The Engine of the run in run_dir, at its last checkpoint; overrides may set the keys in RESUMABLE
+    (rounds: the total the run goes to). engine.run(cfg.rounds - engine.t) finishes it."""
+    state = checkpoint.load(run_dir)
+    old = state["config"]
+    for k in overrides:
+        if k not in RESUMABLE:
+            hint = f" (the checkpoint's run has {k}={old[k]!r})" if k in old else ""
+            raise ConfigError(f"{k} cannot change when resuming a run{hint}; a resumed run may change only "
+                              f"{', '.join(RESUMABLE)}")
+    cfg = Config.from_dict({**old, **overrides, "out": str(run_dir)})
+    if cfg.rounds < state["round"]:
+        raise ConfigError(f"rounds={cfg.rounds} is before the checkpoint's round {state['round']}; give the total "
+                          f"number of rounds the run should reach")
+    return build(cfg, resume=state)
 
 
 def _hyper(cfg: Config, model: StackedModel) -> dict[str, Any]:
@@ -85,6 +108,8 @@ def quickstart(out: str | Path = "runs/quickstart", progress: bool = True, algor
     out = Path(out)
     rows, curves = [], {}
     for name in algorithms or tuple(QUICKSTART_ALGORITHMS):
+        if (out / name / "metrics.jsonl").exists():  # the quickstart's own earlier run: same seed, same numbers
+            shutil.rmtree(out / name)
         cfg = Config.from_dict({**QUICKSTART, **QUICKSTART_ALGORITHMS[name], **overrides, "algorithm": name,
                                 "out": str(out / name), "progress": progress})
         engine = build(cfg)

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
+
 
 class Meter:
     """Sums per-round statistics on the device; read only at an evaluation point (the named host sync)."""
@@ -16,11 +18,25 @@ class Meter:
         self.bits = torch.zeros(n, dtype=torch.float64, device=device)  # (N,) cumulative bits sent
         self.loss = torch.zeros(n, dtype=torch.float64, device=device)  # (N,) minibatch loss, this window
         self.rounds = 0  # rounds in the current window
+        # (N,) the first round whose loss was NaN or Inf, -1 while finite: kept on the device, read at evaluations
+        self.first_bad = torch.full((n,), -1, dtype=torch.int64, device=device)
 
-    def add(self, stats: dict[str, torch.Tensor]) -> None:
-        self.loss += stats["loss"].detach()
+    def add(self, stats: dict[str, torch.Tensor], t: torch.Tensor) -> None:
+        """Add round t's statistics (t a 0-dim device tensor)."""
+        loss = stats["loss"].detach()
+        self.loss += loss
         self.bits += stats.get("bits", 0)
+        self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad < 0), t, self.first_bad)
         self.rounds += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bits": self.bits.cpu(), "loss": self.loss.cpu(), "rounds": self.rounds,
+                "first_bad": self.first_bad.cpu()}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        device = self.bits.device
+        self.bits, self.loss = d["bits"].to(device), d["loss"].to(device)
+        self.first_bad, self.rounds = d["first_bad"].to(device), int(d["rounds"])
 
     def window_loss(self) -> torch.Tensor:
         """Mean minibatch loss per agent since the last evaluation, and restart the window. (N,)"""
@@ -49,8 +65,11 @@ class RunDir:
     point keeps everything it had written.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, resume: bool = False):
         self.path = Path(path)
+        if not resume and (self.path / "metrics.jsonl").exists():  # appending would mix two runs in one file
+            raise ConfigError(f"{str(self.path)!r} already holds a run (metrics.jsonl): continue it with "
+                              f"--resume={self.path}, or give another out")
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, name: str, data: Any) -> None:
@@ -63,6 +82,23 @@ class RunDir:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    def keep_metrics(self, rows: int) -> int:
+        """Keep metrics.jsonl's first `rows` lines (what a checkpoint had seen), moving any later ones (evaluations
+        after the checkpoint, which the resumed run repeats) to metrics.after-checkpoint.jsonl; returns how many
+        moved."""
+        path = self.path / "metrics.jsonl"
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        if len(lines) < rows:
+            raise ConfigError(f"{str(path)!r} has {len(lines)} evaluations, fewer than the checkpoint's {rows}: "
+                              f"it is not this checkpoint's run")
+        if len(lines) > rows:
+            with open(self.path / "metrics.after-checkpoint.jsonl", "a") as f:
+                f.writelines(lines[rows:])
+            tmp = self.path / ".metrics.jsonl.tmp"
+            tmp.write_text("".join(lines[:rows]))
+            os.replace(tmp, path)
+        return len(lines) - rows
 
     def plot(self, history: list[dict[str, Any]], title: str = "") -> Path:
         return plot_curves({title or self.path.name: history}, self.path / "curves.png")

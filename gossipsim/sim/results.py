@@ -1,0 +1,157 @@
+"""Reading run directories back: one tidy table (a row per run per evaluation) and plots with bands over seeds.
+
+A run directory is what a run writes (config.json, metrics.jsonl, summary.json). Runs that differ only in
+their seed (and in how they were run: device, backend, ...) form a group; a plot draws each group's mean
+with a band of one standard deviation over its seeds.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+# Keys that say how a run was executed or which seed it drew, not which experiment it is.
+NOT_THE_EXPERIMENT = ("seed", "out", "progress", "device", "backend", "chunk_size", "compile", "checkpoint_every",
+                      "data_dir", "eval_agents", "eval_every")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]  # metrics.jsonl, one dict per evaluation
+    summary: dict[str, Any] | None  # summary.json; None while the run is unfinished
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.summary and "diverged" in self.summary)
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    metrics = path / "metrics.jsonl"
+    if not metrics.exists():
+        raise ConfigError(f"{str(path)!r} is not a run directory (no metrics.jsonl)")
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else None
+    return Run(path, config, rows, summary)
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Each path is a run directory, or a directory of them (a sweep's): its subdirectories that hold a run."""
+    runs = []
+    for p in map(Path, paths):
+        if (p / "metrics.jsonl").exists():
+            runs.append(load_run(p))
+        elif p.is_dir():
+            found = sorted(d for d in p.iterdir() if (d / "metrics.jsonl").exists())
+            if not found:
+                raise ConfigError(f"{str(p)!r} holds no run directories (folders with a metrics.jsonl)")
+            runs += [load_run(d) for d in found]
+        else:
+            raise ConfigError(f"{str(p)!r} is not a directory; give run directories or a sweep's directory")
+    return runs
+
+
+def tidy(runs: list[Run], keys: list[str]) -> list[dict[str, Any]]:
+    """A row per run per evaluation: the run's name, its config values of `keys`, then the metrics."""
+    out = []
+    for run in runs:
+        fixed = {"run": run.path.name, **{k: run.config.get(k) for k in keys}, "diverged": run.diverged}
+        out += [{**fixed, **row} for row in run.rows]
+    return out
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """rows as CSV (columns in first-seen order; None as an empty field), written whole then renamed."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+def group(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by experiment (config without seed and execution keys), labelled by the keys that differ."""
+    def key(run: Run) -> tuple:
+        return tuple(sorted((k, json.dumps(v)) for k, v in run.config.items() if k not in NOT_THE_EXPERIMENT))
+
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(key(run), []).append(run)
+    configs = [dict(k) for k in groups]
+    differ = [k for k in dict.fromkeys(k for c in configs for k in c)
+              if len({c.get(k) for c in configs}) > 1]
+    labels = {}
+    for k, members in groups.items():
+        c = dict(k)
+        shown = {d: json.loads(c[d]) for d in differ if d in c and json.loads(c[d]) is not None}  # unset: unsaid
+        label = ", ".join(f"{d}={v}" for d, v in shown.items()) or \
+            str(members[0].config.get("algorithm", members[0].path.name))
+        labels[label] = members
+    return labels
+
+
+def mean_std(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rounds, mean bits per agent, mean, std) of `metric` over runs, at the rounds every run evaluated."""
+    common = sorted(set.intersection(*({r["round"] for r in run.rows} for run in runs)))
+    def table(field: str) -> np.ndarray:
+        by_round = [{r["round"]: r.get(field) for r in run.rows} for run in runs]
+        return np.array([[np.nan if b[t] is None else b[t] for t in common] for b in by_round], dtype=float)
+
+    values = table(metric)  # (runs, rounds)
+    std = values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(common))
+    return np.array(common), table("bits_per_agent").mean(0), values.mean(0), std
+
+
+def plot(runs: list[Run], path: str | Path) -> Path:
+    """Test accuracy of the averaged model against rounds and against bits sent per agent, and consensus
+    distance against rounds: one line per group, its mean over seeds, in a band of one standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_round, ax_bits, ax_cons) = plt.subplots(1, 3, figsize=(15, 4))
+    for label, members in group(runs).items():
+        seeds = f" ({len(members)} seeds)" if len(members) > 1 else ""
+        rounds, bits, acc, acc_std = mean_std(members, "test_acc")
+        (line,) = ax_round.plot(rounds, 100 * acc, label=label + seeds)
+        ax_round.fill_between(rounds, 100 * (acc - acc_std), 100 * (acc + acc_std), color=line.get_color(),
+                              alpha=0.2, linewidth=0)
+        sent = bits > 0  # a log axis: round 0 (and runs that never communicate) sit at 0 bits
+        ax_bits.plot(bits[sent], 100 * acc[sent], color=line.get_color())
+        ax_bits.fill_between(bits[sent], 100 * (acc - acc_std)[sent], 100 * (acc + acc_std)[sent],
+                             color=line.get_color(), alpha=0.2, linewidth=0)
+        _, _, cons, cons_std = mean_std(members, "consensus")
+        cons[cons == 0] = np.nan  # exact averaging (all-reduce) has distance 0, which a log axis cannot show
+        ax_cons.plot(rounds, cons, color=line.get_color())
+        ax_cons.fill_between(rounds, np.maximum(cons - cons_std, cons * 1e-3), cons + cons_std,
+                             color=line.get_color(), alpha=0.2, linewidth=0)
+    ax_round.set(xlabel="round", ylabel="test accuracy of the averaged model (%)")
+    ax_bits.set(xlabel="bits sent per agent", ylabel="test accuracy (%)", xscale="log")
+    ax_cons.set(xlabel="round", ylabel="consensus distance", yscale="log")
+    for ax in (ax_round, ax_bits, ax_cons):
+        ax.grid(alpha=0.3)
+    ax_round.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix or '.png'}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,159 @@
+"""`gossipsim sweep FILE.toml`: a grid of runs, resumable, into one tidy CSV.
+
+    out = "runs/compression"           # the sweep's directory: a run directory per point, and results.csv
+    rounds = 200                       # any run key: the same for every run
+    agents = 16
+
+    [grid]                             # lists: every combination is a run
+    algorithm = ["dsgd", "choco"]
+    compressor = ["top_k:0.05", "sign"]
+    seed = [0, 1, 2]
+
+    [choco]                            # keys for one algorithm's runs only
+    gamma = 0.5
+
+An algorithm's own hyperparameters (compressor, gamma, ...) go only to the algorithms that take them: above,
+dsgd runs once per seed, choco once per compressor and seed. Every point is validated before the first runs.
+Run again, the sweep skips finished runs, resumes interrupted ones from their checkpoint, and rewrites
+results.csv (a row per run per evaluation) after each run.
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, Diverged
+from . import algorithms, checkpoint, results
+from .config import ALGORITHM_KEYS, Config, tomllib
+from .experiment import RESUMABLE, build, resume
+
+
+@dataclass
+class Point:
+    name: str  # its run directory's name: the grid values that apply to it
+    values: dict[str, Any]  # the run's keys (TOML values), out included
+
+    @property
+    def path(self) -> Path:
+        return Path(self.values["out"])
+
+
+def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
+    """(the sweep's directory, the grid's keys, its points), every point's config validated."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"sweep file {str(path)!r} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"sweep file {str(path)!r} is not valid TOML: {e}") from None
+    grid = data.pop("grid", None)
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"sweep file {str(path)!r} needs a [grid] table of lists, e.g. seed = [0, 1, 2]")
+    per_algorithm = {k: data.pop(k) for k in list(data) if isinstance(data[k], dict)}
+    for name in per_algorithm:
+        if name not in algorithms.names():
+            match = difflib.get_close_matches(name, algorithms.names(), n=1)
+            hint = f" (did you mean [{match[0]}]?)" if match else ""
+            raise ConfigError(f"sweep file {str(path)!r}: table [{name}] is not [grid] nor an algorithm{hint}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid key {key} must be a non-empty list of values, got {values!r}")
+        if len(set(map(repr, values))) < len(values):
+            raise ConfigError(f"grid key {key} lists a value twice: {values!r}")
+    out = Path(data.pop("out", None) or f"runs/sweep-{Path(path).stem}")
+    keys = list(grid)
+    points, seen = [], set()
+    for combo in itertools.product(*grid.values()):
+        values = {**data, **dict(zip(keys, combo))}
+        algorithm = values.get("algorithm", "dsgd")
+        values.update(per_algorithm.get(algorithm, {}))
+        if algorithm in algorithms.names():  # else Config names the bad algorithm below
+            accepted = algorithms.hyperparameters(algorithm)
+            values = {k: v for k, v in values.items() if k not in ALGORITHM_KEYS or k in accepted}
+        name = ",".join(f"{k}={_safe(values[k])}" for k in keys if k in values)
+        if name in seen:  # a grid value this algorithm does not take: one run, not one per value
+            continue
+        seen.add(name)
+        values["out"] = str(out / name)
+        try:
+            Config.from_dict(values)
+        except ConfigError as e:
+            raise ConfigError(f"sweep point {name}: {e}") from None
+        points.append(Point(name, values))
+    return out, keys, points
+
+
+def _safe(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value)).strip("_") or "_"
+
+
+def status(point: Point) -> str:
+    """done (finished or diverged), resumable (a checkpoint), interrupted (files, no checkpoint) or new."""
+    p = point.path
+    summary = results.load_run(p).summary if (p / "metrics.jsonl").exists() else None
+    # summary.json is written when a run ends (or diverges): one that reached this point's rounds is finished
+    if summary is not None and ("diverged" in summary or summary["rounds"] >= Config.from_dict(point.values).rounds):
+        return "done"
+    if (p / checkpoint.NAME).exists():
+        return "resumable"
+    return "interrupted" if (p / "metrics.jsonl").exists() else "new"
+
+
+def run(path: str | Path, progress: bool = True) -> Path:
+    """Run the sweep in `path`; returns results.csv's path."""
+    out, keys, points = load(path)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "results.csv"
+    diverged = 0
+    for i, point in enumerate(points, 1):
+        state = status(point)
+        head = f"[{i}/{len(points)}] {point.name}"
+        if state == "done":
+            print(f"{head}: done, skipped", file=sys.stderr)
+            continue
+        start = time.perf_counter()
+        try:
+            engine = _engine(point, state, progress)
+            engine.run(Config.from_dict(engine.config).rounds - engine.t)
+            final = engine.history[-1]
+            print(f"{head}: test acc {100 * final['test_acc']:.1f}% ({time.perf_counter() - start:.0f} s)",
+                  file=sys.stderr)
+        except Diverged as e:
+            diverged += 1
+            print(f"{head}: {e}", file=sys.stderr)
+        write_csv(out, keys, points)
+    write_csv(out, keys, points)
+    if diverged:
+        print(f"{diverged} of {len(points)} runs diverged (diverged=True in the CSV)", file=sys.stderr)
+    return csv_path
+
+
+def _engine(point: Point, state: str, progress: bool):
+    if state == "resumable":
+        saved = checkpoint.load(point.path)["config"]
+        want = Config.from_dict({**point.values, "progress": progress}).to_dict()
+        changed = [k for k in want if k not in RESUMABLE and k != "out" and saved.get(k) != want[k]]
+        if changed:
+            k = changed[0]
+            raise ConfigError(f"{point.path} was started with {k}={saved.get(k)!r}, the sweep file now says "
+                              f"{want[k]!r}: restore the file, or move that run directory away to start it again")
+        return resume(point.path, rounds=want["rounds"], progress=progress)
+    if state == "interrupted":  # stopped before its first checkpoint: keep its files, start it again
+        k = 1
+        while point.path.with_name(f"{point.path.name}.interrupted{k}").exists():
+            k += 1
+        point.path.rename(point.path.with_name(f"{point.path.name}.interrupted{k}"))
+    return build(Config.from_dict({**point.values, "progress": progress}))
+
+
+def write_csv(out: Path, keys: list[str], points: list[Point]) -> Path:
+    """results.csv: a row per run per evaluation, for every point that has run (in part or whole)."""
+    runs = [results.load_run(p.path) for p in points if (p.path / "metrics.jsonl").exists()]
+    return results.write_csv(results.tidy(runs, keys), out / "results.csv")

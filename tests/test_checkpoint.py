@@ -1,0 +1,175 @@
+"""Checkpoints and resume: a resumed run equals an uninterrupted one bit for bit on a CPU; divergence stops a run
+with exit status 3 and keeps the last good checkpoint."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gossipsim import ConfigError, sim
+from gossipsim.errors import Diverged
+from gossipsim.sim import checkpoint, experiment
+from gossipsim.sim.cli import main
+
+TIMING = {"train_time", "samples_per_s", "eval_time"}
+
+
+def _metrics(run_dir) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+# Each case exercises a different part of the state: a random compressor (the engine's generator states), a
+# random schedule, momentum and augmentation; BatchNorm buffers with a cosine schedule; AdaGossip's moments.
+CASES = {
+    "choco-rand_k": dict(algorithm="choco", compressor="rand_k:0.2", gamma=0.3, momentum=0.5, lr=0.05,
+                         topology="ring+fail:0.3", augment=True),
+    "dsgd-resnet20-bn": dict(algorithm="dsgd", model="resnet20", norm="bn", bn="gossip", lr_schedule="cosine",
+                             momentum=0.9, nesterov=True, batch_size=4),
+    "adagossip-qsgd": dict(algorithm="adagossip", compressor="qsgd:8,scaled", gamma=0.01, partition="dirichlet",
+                           topology="exponential"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_resumed_run_equals_the_uninterrupted_run_bit_for_bit(case, tmp_path):
+    rounds = 8
+    base = {**dict(agents=4, rounds=rounds, eval_every=2, batch_size=8, eval_samples=100, progress=False,
+                   backend="vmap", seed=3), **CASES[case]}
+    straight = sim.build(sim.Config(**base, out=str(tmp_path / "straight")))
+    straight.run(rounds)
+
+    first = sim.build(sim.Config(**base, out=str(tmp_path / "resumed")))
+    first.run(rounds // 2)  # as if it had stopped here: the last checkpoint is this round's
+    del first
+    torch.rand(1000)  # whatever else the process draws between must not change the resumed run
+    engine = experiment.resume(tmp_path / "resumed")
+    assert engine.t == rounds // 2
+    engine.run(rounds - engine.t)
+
+    assert _metrics(tmp_path / "resumed") == _metrics(tmp_path / "straight")
+    for a, b in zip(engine.state, straight.state):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert torch.equal(engine.buffers, straight.buffers)
+
+
+def test_cli_resume_continues_and_extends_a_run(tmp_path, capsys):
+    args = ["--agents=4", "--batch_size=8", "--eval_every=3", "--eval_samples=100", "--progress=false",
+            "--backend=vmap", "--algorithm=choco", "--compressor=rand_k:0.3", "--gamma=0.4", "--lr=0.05"]
+    assert main(["run", *args, "--rounds=12", f"--out={tmp_path / 'a'}"]) == 0
+    assert main(["run", *args, "--rounds=6", f"--out={tmp_path / 'b'}"]) == 0
+    assert main(["run", f"--resume={tmp_path / 'b'}", "--rounds=12"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["rounds"] == 12
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["rounds"] == 12
+
+
+def test_evaluations_after_the_last_checkpoint_are_set_aside_and_redone(tmp_path):
+    base = dict(agents=3, rounds=20, eval_every=5, checkpoint_every=10, batch_size=4, eval_samples=100,
+                progress=False, backend="vmap", algorithm="choco", compressor="rand_k:0.5", gamma=0.5)
+    sim.build(sim.Config(**base, out=str(tmp_path / "straight"))).run(20)
+
+    def stop_at_15(row):
+        if row["round"] == 15:
+            raise KeyboardInterrupt
+
+    engine = sim.build(sim.Config(**base, out=str(tmp_path / "cut")), on_eval=stop_at_15)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(20)
+    assert [r["round"] for r in _metrics(tmp_path / "cut")] == [0, 5, 10, 15]
+    resumed = experiment.resume(tmp_path / "cut")
+    assert resumed.t == 10
+    assert [r["round"] for r in _metrics(tmp_path / "cut")] == [0, 5, 10]
+    moved = (tmp_path / "cut" / "metrics.after-checkpoint.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in moved] == [15]  # kept, not lost
+    resumed.run(10)
+    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "straight")
+
+
+def test_checkpoint_contents_load_with_weights_only(tmp_path):
+    engine = sim.build(sim.Config(agents=3, rounds=2, eval_every=2, batch_size=4, eval_samples=50, progress=False,
+                                  algorithm="choco", compressor="top_k:0.1", momentum=0.9, out=str(tmp_path / "r")))
+    engine.run(2)
+    state = torch.load(tmp_path / "r" / checkpoint.NAME, weights_only=True)
+    assert state["round"] == 2 and set(state["state"]) == {"x", "x_hat", "s", "buf"}
+    assert torch.equal(state["state"]["x_hat"], engine.state.x_hat)
+    assert {"sampler", "augment_rng", "rng", "meter", "history", "buffers", "config"} <= set(state)
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    engine = sim.build(sim.Config(agents=3, rounds=4, eval_every=2, batch_size=4, eval_samples=50, progress=False,
+                                  out=str(tmp_path / "r")))
+    engine.run(2)
+    before = (tmp_path / "r" / checkpoint.NAME).read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError):
+        engine.run(2)
+    assert (tmp_path / "r" / checkpoint.NAME).read_bytes() == before
+    assert checkpoint.load(tmp_path / "r")["round"] == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--lr=0.5"], "lr cannot change when resuming a run (the checkpoint's run has lr=0.1)"),
+    (["--rounds=1"], "rounds=1 is before the checkpoint's round 2"),
+    (["--rounds=x"], "rounds must be an integer"),
+])
+def test_resume_mistakes_exit_2(args, needle, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["run", "--agents=3", "--rounds=2", "--eval_every=2", "--batch_size=4", "--eval_samples=50",
+                 "--progress=false", f"--out={run}"]) == 0
+    capsys.readouterr()
+    assert main(["run", f"--resume={run}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+
+
+def test_resume_without_a_checkpoint_and_a_second_run_into_one_directory(tmp_path, capsys):
+    assert main(["run", f"--resume={tmp_path / 'nothing'}"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    args = ["--agents=3", "--rounds=2", "--eval_every=2", "--batch_size=4", "--eval_samples=50", "--progress=false",
+            f"--out={tmp_path / 'r'}"]
+    assert main(["run", *args]) == 0
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    assert main(["run", *args]) == 2  # would append a second run's rows to the first's
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+
+
+def test_divergence_exits_3_naming_round_and_agents_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    run = tmp_path / "r"
+    # lr jumps from 0.1 to 1e29 at round 4: rounds 0..3 are fine and checkpointed at round 4; the loss at the
+    # parameters after round 5 overflows
+    code = main(["run", "--agents=4", "--rounds=20", "--eval_every=2", "--batch_size=8", "--eval_samples=50",
+                 "--progress=false", "--lr_schedule=multistep", "--milestones=4", "--lr_factor=1e30", f"--out={run}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3, err
+    assert err[-1].startswith("gossipsim: training diverged at round 5: the loss of agents 0, 1, 2, 3 not finite")
+    assert "Traceback" not in "\n".join(err)
+    saved = checkpoint.load(run)
+    assert saved["round"] == 4 and f"{run / checkpoint.NAME} (round 4)" in err[-1]
+    assert all(torch.isfinite(v).all() for v in saved["state"].values() if v is not None)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["diverged"]["round"] == 5 and summary["diverged"]["agents"] == [0, 1, 2, 3]
+    assert all(r["round"] <= 4 for r in _metrics(run))  # no NaN row was written
+
+
+def test_non_finite_parameters_name_their_agents(tmp_path):
+    engine = sim.build(sim.Config(agents=5, rounds=2, eval_every=2, batch_size=4, eval_samples=50, progress=False,
+                                  out=str(tmp_path / "r")))
+    engine.run(2)
+    engine.state.x[3, 7] = float("inf")
+    with pytest.raises(Diverged, match="the parameters of agent 3 not finite") as e:
+        engine._check_finite()
+    assert e.value.agents == [3] and e.value.round == 2
+
+
+def test_checkpoint_every_must_be_a_multiple_of_eval_every():
+    with pytest.raises(ConfigError, match="checkpoint_every must be 0 .* or a multiple of eval_every=5"):
+        sim.Config(eval_every=5, checkpoint_every=7)

@@ -1,0 +1,121 @@
+"""Sweeps (a grid, resumable, one tidy CSV) and plots of run directories with bands over seeds."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from gossipsim import sim
+from gossipsim.sim import results, sweep
+from gossipsim.sim.cli import main
+
+SWEEP = """
+rounds = 4
+agents = 4
+batch_size = 8
+eval_every = 2
+eval_samples = 100
+backend = "vmap"
+out = "{out}"
+
+[grid]
+algorithm = ["dsgd", "choco"]
+compressor = ["top_k:0.1", "sign"]
+seed = [0, 1]
+
+[choco]
+gamma = 0.4
+"""
+
+
+@pytest.fixture
+def sweep_file(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text(SWEEP.format(out=tmp_path / "sweep"))
+    return path
+
+
+def test_a_sweep_runs_the_grid_into_one_tidy_csv_then_resumes(sweep_file, tmp_path, capsys):
+    assert main(["sweep", str(sweep_file)]) == 0
+    csv = tmp_path / "sweep" / "results.csv"
+    df = pd.read_csv(csv)
+    # dsgd takes no compressor: one dsgd run per seed, and one choco run per compressor and seed
+    assert df["run"].nunique() == 6 and len(df) == 6 * 3
+    assert set(df["algorithm"]) == {"dsgd", "choco"} and df.loc[df.algorithm == "dsgd", "compressor"].isna().all()
+    assert set(df["round"]) == {0, 2, 4} and df["test_acc"].between(0, 1).all() and not df["diverged"].any()
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert "algorithm=choco,compressor=top_k_0.1,seed=1" in runs and "algorithm=dsgd,seed=0" in runs
+    assert json.loads((tmp_path / "sweep" / "algorithm=choco,compressor=sign,seed=0" / "config.json")
+                      .read_text())["gamma"] == 0.4
+
+    # a run stopped half-way resumes from its checkpoint; finished ones are skipped
+    cut = tmp_path / "sweep" / "algorithm=choco,compressor=sign,seed=1"
+    expected = (cut / "metrics.jsonl").read_text().splitlines()
+    point = next(p for p in sweep.load(sweep_file)[2] if p.path == cut)
+    shutil.rmtree(cut)
+    sim.build(sim.Config.from_dict({**point.values, "rounds": 2, "progress": False})).run(2)
+    done = {p.name: (p / "metrics.jsonl").stat().st_mtime_ns for p in (tmp_path / "sweep").iterdir() if p.is_dir()}
+    capsys.readouterr()
+    assert main(["sweep", str(sweep_file), "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "resumable    algorithm=choco,compressor=sign,seed=1" in listing and listing.count("done") == 5
+    assert main(["sweep", str(sweep_file)]) == 0
+    assert capsys.readouterr().err.count("done, skipped") == 5
+    for name, mtime in done.items():
+        if name != cut.name:
+            assert (tmp_path / "sweep" / name / "metrics.jsonl").stat().st_mtime_ns == mtime
+    strip = {"train_time", "samples_per_s", "eval_time"}
+
+    def rows(lines):
+        return [{k: v for k, v in json.loads(line).items() if k not in strip} for line in lines]
+
+    assert rows((cut / "metrics.jsonl").read_text().splitlines()) == rows(expected)
+    assert len(pd.read_csv(csv)) == 18
+
+    assert main(["plot", str(tmp_path / "sweep"), "--out", str(tmp_path / "p.png")]) == 0
+    assert "6 runs in 3 groups" in capsys.readouterr().out and (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_groups_over_seeds_and_their_bands(tmp_path, sweep_file):
+    main(["sweep", str(sweep_file)])
+    runs = results.find_runs([tmp_path / "sweep"])
+    groups = results.group(runs)
+    assert sorted(groups) == ["algorithm=choco, compressor=sign, gamma=0.4",
+                              "algorithm=choco, compressor=top_k:0.1, gamma=0.4", "algorithm=dsgd"]
+    members = groups["algorithm=dsgd"]
+    rounds, bits, mean, std = results.mean_std(members, "test_acc")
+    accs = [[r["test_acc"] for r in run.rows] for run in members]
+    assert list(rounds) == [0, 2, 4] and mean[-1] == pytest.approx((accs[0][-1] + accs[1][-1]) / 2)
+    assert std[-1] == pytest.approx(abs(accs[0][-1] - accs[1][-1]) / 2 ** 0.5)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("rounds = 2\n", "needs a [grid] table"),
+    ("[grid]\nseed = 0\n", "grid key seed must be a non-empty list"),
+    ("[grid]\nseed = [0, 0]\n", "lists a value twice"),
+    ("[grid]\nalgorithm = ['dsgd', 'chocco']\n", "sweep point algorithm=chocco: unknown algorithm 'chocco' "
+                                                 "(did you mean 'choco'?)"),
+    ("[grid]\nseed = [0]\n[choc]\ngamma = 1\n", "table [choc] is not [grid] nor an algorithm (did you mean [choco]?)"),
+    ("[grid]\nagnets = [4]\n", "did you mean 'agents'"),
+    ("[grid\n", "not valid TOML"),
+])
+def test_bad_sweep_files_exit_2_before_anything_runs(text, needle, tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(f"out = '{tmp_path / 'never'}'\n" + text if not text.startswith("[grid\n") else text)
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "never").exists()
+
+
+def test_plot_mistakes(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["plot", str(tmp_path / "empty")]) == 2
+    assert main(["plot"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("gossipsim: error: ") for line in err)
+    with pytest.raises(Exception, match="not a run directory"):
+        sweep.results.load_run(tmp_path / "empty")
