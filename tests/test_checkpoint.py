@@ -173,3 +173,31 @@ def test_non_finite_parameters_name_their_agents(tmp_path):
 def test_checkpoint_every_must_be_a_multiple_of_eval_every():
     with pytest.raises(ConfigError, match="checkpoint_every must be 0 .* or a multiple of eval_every=5"):
         sim.Config(eval_every=5, checkpoint_every=7)
+
+
+def test_tensorboard_scalars_at_each_evaluation_and_a_clear_error_without_it(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    written = []
+
+    class Writer:
+        def __init__(self, logdir):
+            written.append(("dir", logdir))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def flush(self):
+            written.append(("flush",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    cfg = dict(agents=3, rounds=4, eval_every=2, batch_size=4, eval_samples=50, progress=False, tensorboard=True)
+    sim.build(sim.Config(**cfg, out=str(tmp_path / "r"))).run(4)
+    assert written[0] == ("dir", str(tmp_path / "r" / "tensorboard"))
+    assert [step for tag, *rest in written if tag == "test_acc" for step in rest[1:]] == [0, 2, 4]
+    assert written.count(("flush",)) == 3
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    with pytest.raises(ConfigError, match="tensorboard=true needs the tensorboard package: pip install tensorboard"):
+        sim.build(sim.Config(**cfg, out=str(tmp_path / "s")))

@@ -45,6 +45,8 @@ def test_a_sweep_runs_the_grid_into_one_tidy_csv_then_resumes(sweep_file, tmp_pa
     assert df["run"].nunique() == 6 and len(df) == 6 * 3
     assert set(df["algorithm"]) == {"dsgd", "choco"} and df.loc[df.algorithm == "dsgd", "compressor"].isna().all()
     assert set(df["round"]) == {0, 2, 4} and df["test_acc"].between(0, 1).all() and not df["diverged"].any()
+    table = df[df["round"] == 4].groupby(["algorithm", "compressor"], dropna=False)["test_acc"].agg(["mean", "std"])
+    assert len(table) == 3 and table["std"].notna().all()  # the README's summary: 2 seeds per group
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
     assert "algorithm=choco,compressor=top_k_0.1,seed=1" in runs and "algorithm=dsgd,seed=0" in runs
     assert json.loads((tmp_path / "sweep" / "algorithm=choco,compressor=sign,seed=0" / "config.json")

@@ -100,6 +100,8 @@ class Config:
     checkpoint_every: int | None = key(None, "rounds between checkpoints (out/checkpoint.pt; a multiple of "
                                               "eval_every); default: at every evaluation; 0: none")
     progress: bool = key(True, "show a progress bar")
+    tensorboard: bool = key(False, "also write each evaluation's metrics as TensorBoard scalars to out/tensorboard "
+                                   "(needs the tensorboard package)")
     out: str | None = key(None, "run directory (default runs/<algorithm>-<topology><N>-<time>)")
 
     def __post_init__(self) -> None:

@@ -56,6 +56,7 @@ class Engine:
     compile: str = "off"  # torch.compile: "off", "oracle" (the gradients) or "round" (see _prepare_compile)
     checkpoint_every: int | None = None  # rounds between checkpoints in out/; None: every evaluation; 0: none
     resume: dict[str, Any] | None = None  # a checkpoint's contents (checkpoint.load) to continue from
+    tensorboard: bool = False  # also write each evaluation as TensorBoard scalars to out/tensorboard
     on_eval: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
@@ -90,6 +91,15 @@ class Engine:
         if self.run_dir is not None:
             self.run_dir.write_json("config.json", self.config)
             (self.run_dir.path / "partition.txt").write_text(self.describe_partition() + "\n")
+        self._writer = None
+        if self.tensorboard:
+            if self.run_dir is None:
+                raise ConfigError("tensorboard=true writes into the run directory: give the engine out=")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+            self._writer = SummaryWriter(str(self.run_dir.path / "tensorboard"))
         if self.resume is not None:
             self.load_state_dict(self.resume)
             self.resume = None  # the engine's state now; no need to hold a second copy
@@ -130,7 +140,7 @@ class Engine:
             self.state, self.buffers, stats = (self._compiled_round if compiled else self._round)(
                 self.state, self.buffers, idx, t, mixing)
         if compiling:
-            self._sync()
+            self.sync()
             self.compile_time += time.perf_counter() - start
             self.setup_time += time.perf_counter() - start
         self.meter.add(stats, t)
@@ -190,13 +200,14 @@ class Engine:
                 self.step()
                 bar.update(1)
                 if self.t % self.eval_every == 0 or self.t == end:
-                    self._sync()
+                    self.sync()
                     window_time = time.perf_counter() - window_start - (self.setup_time - setup)
                     self.train_time += window_time
                     self._check_finite()
                     row = self.evaluate(window_time=window_time)
                     bar.set_postfix(acc=f"{100 * row['test_acc']:.1f}%", loss=f"{row['train_loss']:.3f}")
-                    if self.checkpoint_interval and (self.t % self.checkpoint_interval == 0 or self.t == end):
+                    if self.run_dir is not None and self.checkpoint_interval and (
+                            self.t % self.checkpoint_interval == 0 or self.t == end):
                         self.save_checkpoint()
                     window_start, setup = time.perf_counter(), self.setup_time
         finally:
@@ -265,6 +276,11 @@ class Engine:
         self.history.append(row)
         if self.run_dir is not None:
             self.run_dir.append_metrics(row)
+        if self._writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "round":
+                    self._writer.add_scalar(k, v, self.t)
+            self._writer.flush()
         if self.on_eval is not None:
             self.on_eval(row)
         return row
@@ -338,7 +354,8 @@ class Engine:
                 "samples_per_s": self.t * self.model.n * self.batch_size / max(self.train_time, 1e-12),
                 "final": last}
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
+        """Wait for the device to finish the rounds queued so far (a host sync; for timing)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

@@ -48,13 +48,14 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
                   augment=cfg.augment, same_init=cfg.same_init, eval_every=cfg.eval_every,
                   eval_agents=cfg.eval_agents, progress=cfg.progress, out=out, config=cfg.to_dict(), memory=est,
-                  compile=cfg.compile, checkpoint_every=cfg.checkpoint_every)
+                  compile=cfg.compile, checkpoint_every=cfg.checkpoint_every,
+                  tensorboard=cfg.tensorboard)
     kwargs.update(engine_kwargs)
     return Engine(model, algo, topo, train, test, part, **kwargs)
 
 
 # What may change when a run is resumed: how long it runs and how it reports, never what it computes.
-RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "progress", "device", "compile")
+RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "progress", "device", "compile", "tensorboard")
 
 
 def resume(run_dir: str | Path, **overrides: Any) -> Engine:

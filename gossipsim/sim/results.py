@@ -88,7 +88,10 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 def group(runs: list[Run]) -> dict[str, list[Run]]:
     """Runs grouped by experiment (config without seed and execution keys), labelled by the keys that differ."""
     def key(run: Run) -> tuple:
-        return tuple(sorted((k, json.dumps(v)) for k, v in run.config.items() if k not in NOT_THE_EXPERIMENT))
+        config = dict(run.config)
+        if config.get("compressor") is None:  # compress_per means nothing without a compressor
+            config.pop("compress_per", None)
+        return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in NOT_THE_EXPERIMENT))
 
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
@@ -147,11 +150,12 @@ def plot(runs: list[Run], path: str | Path) -> Path:
     ax_cons.set(xlabel="round", ylabel="consensus distance", yscale="log")
     for ax in (ax_round, ax_bits, ax_cons):
         ax.grid(alpha=0.3)
-    ax_round.legend(fontsize=8)
     fig.tight_layout()
+    fig.legend(*ax_round.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=9,
+               ncol=2, frameon=False)  # below the panels: the labels are long
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix or '.png'}")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
     return path

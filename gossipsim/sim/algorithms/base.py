@@ -46,12 +46,13 @@ class Algorithm(NamedTuple):
 _REGISTRY: dict[str, Callable[..., Algorithm]] = {}
 
 
-def register(name: str) -> Callable:
-    """Decorator: register a factory `f(**hyper) -> (init, step)` under `name`."""
+def register(name: str, replace: bool = False) -> Callable:
+    """Decorator: register a factory `f(**hyper) -> (init, step)` under `name`. replace=True lets a notebook cell
+    that defines an algorithm run again; otherwise a second registration of a name is an error."""
 
     def wrap(factory: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise ValueError(f"algorithm {name!r} registered twice")
+        if name in _REGISTRY and not replace:
+            raise ValueError(f"algorithm {name!r} registered twice (replace=True to redefine it)")
         _REGISTRY[name] = factory
         return factory
 
