@@ -97,8 +97,10 @@ def group(runs: list[Run]) -> dict[str, list[Run]]:
     for run in runs:
         groups.setdefault(key(run), []).append(run)
     configs = [dict(k) for k in groups]
+    # a key labels the groups where it takes several values among the groups that set it (gamma set for choco
+    # only, to one value, says nothing that the algorithm does not)
     differ = [k for k in dict.fromkeys(k for c in configs for k in c)
-              if len({c.get(k) for c in configs}) > 1]
+              if len({c[k] for c in configs if k in c and c[k] != "null"}) > 1]
     labels = {}
     for k, members in groups.items():
         c = dict(k)
