@@ -106,11 +106,19 @@ def test_random_command_lines_never_traceback_nor_leave_half_files(args):
 
 
 @settings(max_examples=25, deadline=None)
-@given(text=st.text(max_size=80), command=st.sampled_from(["run", "sweep", "plot", "graphs", "bench", "nope"]))
-def test_random_files_and_tokens_for_every_command(text, command):
+@given(content=st.one_of(st.text(max_size=80), st.binary(max_size=40)),
+       command=st.sampled_from(["run", "sweep", "plot", "graphs", "bench", "nope"]))
+def test_random_files_and_tokens_for_every_command(content, command):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "file.toml"
-        path.write_text(text)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+            text = content.decode(errors="replace")
+        else:
+            path.write_text(content)
+            text = content
+        (Path(tmp) / "cut").mkdir()  # a run directory whose metrics end half-written
+        (Path(tmp) / "cut" / "metrics.jsonl").write_text(text if text.strip() else '{"round": 0')
         args = {"run": [str(path), *SMALL], "sweep": [str(path), "--list"], "plot": [tmp],
                 "graphs": [text or "ring"], "bench": ["--device", text], "nope": [text]}[command]
         code, err = _main([command, *args, f"--out={Path(tmp) / 'run'}"] if command == "run" else [command, *args])

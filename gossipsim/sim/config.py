@@ -192,15 +192,22 @@ class Config:
         return cls(**kwargs)
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML file's top-level keys (nested tables are refused: the config is flat)."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's contents; a missing, unreadable or malformed file is one ConfigError naming `what` it is."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        raise ConfigError(f"{what} {str(path)!r} not found") from None
+    except OSError as e:  # a directory, no permission
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {str(path)!r} is not valid TOML: {e}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's top-level keys (nested tables are refused: the config is flat)."""
+    data = read_toml(path)
     for key, value in data.items():
         if isinstance(value, dict):
             raise ConfigError(f"config file {str(path)!r}: table [{key}] not supported; keys are flat")

@@ -39,10 +39,19 @@ def load_run(path: str | Path) -> Run:
     metrics = path / "metrics.jsonl"
     if not metrics.exists():
         raise ConfigError(f"{str(path)!r} is not a run directory (no metrics.jsonl)")
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else None
+    config = _json(path / "config.json") if (path / "config.json").exists() else {}
+    rows = [_json(metrics, line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not all(isinstance(r, dict) and "round" in r and "test_acc" in r for r in rows):
+        raise ConfigError(f"{str(metrics)!r} holds lines that are not gossipsim evaluations")
+    summary = _json(path / "summary.json") if (path / "summary.json").exists() else None
     return Run(path, config, rows, summary)
+
+
+def _json(path: Path, text: str | None = None) -> Any:
+    try:
+        return json.loads(path.read_text() if text is None else text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{str(path)!r} is not gossipsim's JSON (edited or cut short?)") from None
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
@@ -116,7 +125,11 @@ def mean_std(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.n
     common = sorted(set.intersection(*({r["round"] for r in run.rows} for run in runs)))
     def table(field: str) -> np.ndarray:
         by_round = [{r["round"]: r.get(field) for r in run.rows} for run in runs]
-        return np.array([[np.nan if b[t] is None else b[t] for t in common] for b in by_round], dtype=float)
+        try:
+            return np.array([[np.nan if b[t] is None else b[t] for t in common] for b in by_round], dtype=float)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{field} is not a number in every evaluation of {runs[0].path} and the runs "
+                              "grouped with it") from None
 
     values = table(metric)  # (runs, rounds)
     std = values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(common))

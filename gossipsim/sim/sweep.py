@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import ConfigError, Diverged
 from . import algorithms, checkpoint, results
-from .config import ALGORITHM_KEYS, Config, tomllib
+from .config import ALGORITHM_KEYS, Config, read_toml
 from .experiment import RESUMABLE, build, resume
 
 
@@ -46,13 +46,7 @@ class Point:
 
 def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
     """(the sweep's directory, the grid's keys, its points), every point's config validated."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file {str(path)!r} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"sweep file {str(path)!r} is not valid TOML: {e}") from None
+    data = read_toml(path, "sweep file")
     grid = data.pop("grid", None)
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"sweep file {str(path)!r} needs a [grid] table of lists, e.g. seed = [0, 1, 2]")
