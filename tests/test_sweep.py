@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -121,3 +122,11 @@ def test_plot_mistakes(tmp_path, capsys):
     assert len(err) == 3 and all(line.startswith("gossipsim: error: ") for line in err)
     with pytest.raises(Exception, match="not a run directory"):
         sweep.results.load_run(tmp_path / "empty")
+
+
+def test_the_shipped_sweep_files_are_valid():
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "sweeps").glob("*.toml"))
+    assert files
+    for path in files:
+        out, keys, points = sweep.load(path)
+        assert keys and len(points) > 1 and all(p.path.parent == out for p in points)
