@@ -80,3 +80,12 @@ def test_config_conversions_and_errors():
     for bad in ({"agents": 2.5}, {"nesterov": "maybe"}, {"lr": True}, {"dataset": 3}):
         with pytest.raises(ConfigError):
             sim.Config.from_dict(bad)
+
+
+def test_unknown_commands_get_the_closest_one(capsys):
+    assert main(["swep", "x.toml"]) == 2
+    assert main(["--nope"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("gossipsim: error: unknown command 'swep' (did you mean 'sweep'?); commands: run, sweep, plot, "
+                      "graphs, bench")
+    assert len(err) == 2 and err[1].startswith("gossipsim: error: unrecognized arguments: --nope")

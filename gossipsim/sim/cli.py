@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import sys
 
@@ -229,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in handlers:  # everything after the command is its own, --help too
             return handlers[argv[0]](argv[1:])
+        if argv and not argv[0].startswith("-"):
+            match = difflib.get_close_matches(argv[0], list(handlers), n=1)
+            hint = f" (did you mean {match[0]!r}?)" if match else ""
+            raise ConfigError(f"unknown command {argv[0]!r}{hint}; commands: {', '.join(handlers)}")
         parser = _Parser(prog="gossipsim", description="Simulate decentralized (gossip) training of N agents on "
                          "one device.", formatter_class=argparse.RawDescriptionHelpFormatter,
                          epilog="commands:\n" + "\n".join(f"  {k:<8} {v}" for k, v in COMMANDS.items()) +
