@@ -130,3 +130,19 @@ def test_the_shipped_sweep_files_are_valid():
     for path in files:
         out, keys, points = sweep.load(path)
         assert keys and len(points) > 1 and all(p.path.parent == out for p in points)
+
+
+def test_a_half_finished_run_is_not_resumed_under_a_changed_sweep_file(tmp_path, capsys):
+    path = tmp_path / "grid.toml"
+    text = (f"out = '{tmp_path / 'sweep'}'\nrounds = 4\nagents = 3\nbatch_size = 4\neval_every = 2\n"
+            "eval_samples = 50\nbackend = 'vmap'\n[grid]\nseed = [0]\n")
+    path.write_text(text)
+    point = sweep.load(path)[2][0]
+    sim.build(sim.Config.from_dict({**point.values, "rounds": 2, "progress": False})).run(2)
+    path.write_text(text.replace("rounds = 4", "rounds = 4\nlr = 0.05"))
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "lr cannot change when resuming a run (the checkpoint's run has lr=0.1)" in err
+    assert "restore the sweep file" in err
+    path.write_text(text)
+    assert main(["sweep", str(path)]) == 0

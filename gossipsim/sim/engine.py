@@ -4,7 +4,7 @@
         idx   = sampler.sample(t)                          # (N, B) indices, on the device
         batch = normalize(train.x[idx]), train.y[idx]      # (N, B, C, H, W), (N, B)
         state, stats = algorithm.step(state, Round(t, grad=oracle(batch), mixing=topology.mixing(t)))
-        meter.add(stats)                                   # on-device sums, no host sync
+        meter.add(stats, t)                                # on-device sums, no host sync
         every eval_every rounds: evaluate, log, progress   # the one named host sync point
                                  checkpoint, stop on NaN/Inf
 """

@@ -59,16 +59,17 @@ RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "progress", "device", "
 
 
 def resume(run_dir: str | Path, **overrides: Any) -> Engine:
-    """The Engine of the run in run_dir, at its last checkpoint; overrides may set the keys in RESUMABLE
-    (rounds: the total the run goes to). engine.run(cfg.rounds - engine.t) finishes it."""
+    """The Engine of the run in run_dir, at its last checkpoint; overrides may change the keys in RESUMABLE
+    (rounds: the total the run goes to) and repeat any other key's value. engine.run(cfg.rounds - engine.t)
+    finishes it."""
     state = checkpoint.load(run_dir)
     old = state["config"]
-    for k in overrides:
-        if k not in RESUMABLE:
-            hint = f" (the checkpoint's run has {k}={old[k]!r})" if k in old else ""
-            raise ConfigError(f"{k} cannot change when resuming a run{hint}; a resumed run may change only "
-                              f"{', '.join(RESUMABLE)}")
     cfg = Config.from_dict({**old, **overrides, "out": str(run_dir)})
+    new = cfg.to_dict()
+    for k in overrides:
+        if k not in RESUMABLE and new[k] != old.get(k):
+            raise ConfigError(f"{k} cannot change when resuming a run (the checkpoint's run has {k}={old.get(k)!r}); "
+                              f"a resumed run may change only {', '.join(RESUMABLE)}")
     if cfg.rounds < state["round"]:
         raise ConfigError(f"rounds={cfg.rounds} is before the checkpoint's round {state['round']}; give the total "
                           f"number of rounds the run should reach")

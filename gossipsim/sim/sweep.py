@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import re
 import sys
 import time
@@ -31,7 +32,7 @@ from typing import Any
 from ..errors import ConfigError, Diverged
 from . import algorithms, checkpoint, results
 from .config import ALGORITHM_KEYS, Config, read_toml
-from .experiment import RESUMABLE, build, resume
+from .experiment import build, resume
 
 
 @dataclass
@@ -91,10 +92,11 @@ def _safe(value: Any) -> str:
 def status(point: Point) -> str:
     """done (finished or diverged), resumable (a checkpoint), interrupted (files, no checkpoint) or new."""
     p = point.path
-    summary = results.load_run(p).summary if (p / "metrics.jsonl").exists() else None
     # summary.json is written when a run ends (or diverges): one that reached this point's rounds is finished
-    if summary is not None and ("diverged" in summary or summary["rounds"] >= Config.from_dict(point.values).rounds):
-        return "done"
+    if (p / "metrics.jsonl").exists() and (p / "summary.json").exists():
+        summary = json.loads((p / "summary.json").read_text())
+        if "diverged" in summary or summary["rounds"] >= Config.from_dict(point.values).rounds:
+            return "done"
     if (p / checkpoint.NAME).exists():
         return "resumable"
     return "interrupted" if (p / "metrics.jsonl").exists() else "new"
@@ -130,15 +132,14 @@ def run(path: str | Path, progress: bool = True) -> Path:
 
 
 def _engine(point: Point, state: str, progress: bool):
-    if state == "resumable":
-        saved = checkpoint.load(point.path)["config"]
+    if state == "resumable":  # every key of the point: resume refuses one that the sweep file has changed since
         want = Config.from_dict({**point.values, "progress": progress}).to_dict()
-        changed = [k for k in want if k not in RESUMABLE and k != "out" and saved.get(k) != want[k]]
-        if changed:
-            k = changed[0]
-            raise ConfigError(f"{point.path} was started with {k}={saved.get(k)!r}, the sweep file now says "
-                              f"{want[k]!r}: restore the file, or move that run directory away to start it again")
-        return resume(point.path, rounds=want["rounds"], progress=progress)
+        want.pop("out")
+        try:
+            return resume(point.path, **want)
+        except ConfigError as e:
+            raise ConfigError(f"{point.path}: {e}; restore the sweep file, or move that run directory away to "
+                              f"start it again") from None
     if state == "interrupted":  # stopped before its first checkpoint: keep its files, start it again
         k = 1
         while point.path.with_name(f"{point.path.name}.interrupted{k}").exists():
