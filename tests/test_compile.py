@@ -21,7 +21,10 @@ def engine(tmp_path, compile_mode, **keys):
     dict(algorithm="dsgd", model="mlp", topology="ring"),
     dict(algorithm="choco", compressor="top_k:0.05", gamma=0.5, model="lenet5", topology="ring"),
     dict(algorithm="dsgd", model="mlp", topology="random_matching"),  # a new W_t a round: the oracle compiled
-], ids=["dsgd-ring", "choco-topk-lenet5", "dsgd-random-schedule"])
+    # the source code's length has as many terms as nonzero symbols: a shape that changes every round
+    dict(algorithm="malcom_psgd", compressor="dithered:16,scaled", compress_per="layer", gamma=0.05, mu=1e-4,
+         model="mlp", topology="ring"),
+], ids=["dsgd-ring", "choco-topk-lenet5", "dsgd-random-schedule", "malcom-elias-golomb"])
 def test_compiled_rounds_equal_eager_and_never_recompile(keys, tmp_path):
     torch._dynamo.reset()
     eager, compiled = engine(tmp_path, "off", **keys), engine(tmp_path, "round", **keys)

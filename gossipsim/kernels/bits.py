@@ -102,6 +102,9 @@ def golomb_bits(gap: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return q + 1 + torch.where(short, b - 1, b)
 
 
+# Always eager: its shapes follow the number of nonzero symbols, so a compiled round (compile="round") would
+# specialize on that number and recompile every round; disabled, it is one graph break.
+@torch.compiler.disable
 def elias_golomb(symbols: torch.Tensor, sizes, s: int) -> torch.Tensor:
     """(N,) float64: the elias-golomb length of each row's message (see the module docstring)."""
     n, width = symbols.shape

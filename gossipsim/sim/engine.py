@@ -170,7 +170,9 @@ class Engine:
         from ..graphs import Topology
 
         if self.compile == "round" and isinstance(self.topology, Topology):
-            self._compiled_round = torch.compile(self._round, dynamic=False)
+            # fallback_random: the compressors' and augmentation's draws come from torch's generators as in
+            # eager rounds (Inductor's own would be other numbers), so compiling changes the speed, not the run
+            self._compiled_round = torch.compile(self._round, dynamic=False, options={"fallback_random": True})
             self._compiles_at = self.t + 1  # this round runs eagerly first
         else:
             self.model.compile_oracle()
