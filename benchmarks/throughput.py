@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py [--quick] [--models mlp,lenet5,resnet20] [--agents 8,32,128]
                                     [--batch 32] [--json PATH] [--no-malloc-tuning] [--device cuda]
+                                    [--compile] [--autocast] [--cudnn-benchmark]
 
 One round of every contestant does the same work: draw an (N, B) index tensor with the Sampler, gather
 those images from the device-resident uint8 dataset and normalize them, then train N agents one step.
@@ -85,6 +86,11 @@ parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before
 parser.add_argument("--min-time", type=float, default=None, help="seconds of timed rounds per contestant")
 parser.add_argument("--compile", action="store_true",
                     help="add a contestant: the vmap engine with compile=round (compile time reported apart)")
+parser.add_argument("--autocast", action="store_true",
+                    help="add a contestant: the backend auto picked, with bf16 autocast for forward and backward")
+parser.add_argument("--cudnn-benchmark", action="store_true",
+                    help="torch.backends.cudnn.benchmark = True for every contestant (cuDNN times its convolution "
+                         "algorithms on the first call of each shape; the shapes here never change)")
 parser.add_argument("--retries", type=int, default=2, help="re-timings of a row disturbed by other processes")
 parser.add_argument("--no-malloc-tuning", action="store_true",
                     help="skip keep_freed_memory(), to measure what glibc's default allocator costs")
@@ -99,6 +105,7 @@ warmup = max(2, args.warmup)
 min_time = args.min_time if args.min_time is not None else (0.5 if args.quick else 1.5)
 min_rounds = 2 if args.quick else 5  # rounds vary by +-15% here: a median of 3 still misranks close backends
 malloc_tuned = None if args.no_malloc_tuning else keep_freed_memory()
+torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
 
 def sync() -> None:
@@ -207,8 +214,8 @@ def bench_row(name: str, n: int, b: int) -> dict:
         idx = sampler.sample(t)  # (N, B)
         return train.normalize(train.x[idx]), train.y[idx]  # (N, B, C, H, W) float32, (N, B)
 
-    def engine(backend: str, compile_mode: str = "off") -> Engine:
-        model = StackedModel(factory, n, backend=backend, chunk_size=max(1, n // 4))
+    def engine(backend: str, compile_mode: str = "off", autocast: torch.dtype | None = None) -> Engine:
+        model = StackedModel(factory, n, backend=backend, chunk_size=max(1, n // 4), autocast=autocast)
         return Engine(model, algorithms.make("dsgd", lr=LR), topo, train, test, part, batch_size=b,
                       device=device, progress=False, out=None, compile=compile_mode)
 
@@ -229,6 +236,9 @@ def bench_row(name: str, n: int, b: int) -> dict:
         row["auto_picked"] = e.model.backend
         row["auto_timings"] = getattr(e.model, "timings", None)  # backend -> best oracle seconds
         return e.step
+
+    def bf16():  # built after auto: on the backend it picked
+        return engine(row["auto_picked"] or "vmap", autocast=torch.bfloat16).step
 
     def naive():
         x0, buf0 = template.init(0, device=device)  # (N, P), (N, Pbuf): where the engines start
@@ -252,7 +262,8 @@ def bench_row(name: str, n: int, b: int) -> dict:
         return step
 
     builders = {**{k: (lambda k=k: engine(k).step) for k in BACKENDS}, "auto": auto, "naive": naive,
-                "limit": limit, **({"compiled": compiled} if args.compile else {})}
+                "limit": limit, **({"compiled": compiled} if args.compile else {}),
+                **({"bf16": bf16} if args.autocast else {})}
     contestants = {}
     for key, build in builders.items():
         try:
@@ -284,6 +295,7 @@ def bench_row(name: str, n: int, b: int) -> dict:
     row["auto_over_naive"] = sps["auto"] / sps["naive"] if sps["auto"] and sps["naive"] else None
     row["best_over_limit"] = best_engine / sps["limit"] if best_engine and sps["limit"] else None
     row["compiled_over_vmap"] = sps["compiled"] / sps["vmap"] if sps.get("compiled") and sps["vmap"] else None
+    row["bf16_over_picked"] = sps["bf16"] / picked if sps.get("bf16") and picked else None
     # After its one-off choice auto runs the code of the backend it picked, so its column falls short of
     # max(loop, vmap) either by a wrong pick or by the noise of a few rounds (+-15% a round on 2 shared
     # cores). When it falls short, auto and the faster of the two race again, alone and with 4x the
@@ -326,7 +338,8 @@ else:
 malloc = {None: "off (--no-malloc-tuning)", True: "on", False: "unavailable"}[malloc_tuned]
 header = (f"device {device_name} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{datetime.datetime.now().isoformat(timespec='seconds')} | malloc tuning {malloc} | "
-          f"median of >= {min_rounds} rounds over >= {min_time} s after {warmup} warm-up rounds")
+          f"median of >= {min_rounds} rounds over >= {min_time} s after {warmup} warm-up rounds"
+          + (" | cudnn.benchmark on" if args.cudnn_benchmark else ""))
 
 wall = time.perf_counter()
 rows = []
@@ -369,6 +382,10 @@ if args.compile:  # compile=round on the vmap backend, against eager vmap in the
               "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['N']} | {cell(r, 'vmap')} | {cell(r, 'compiled')} | "
               f"{fmt(r['compiled_over_vmap'], True)} | {r.get('compile_s', 0):.1f} |" for r in rows]
+if args.autocast:  # bf16 autocast on the backend auto picked, against that backend in float32, interleaved
+    lines += ["", "| model | N | backend | float32 | bf16 autocast | bf16/float32 |", "|---|---:|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['N']} | {r['auto_picked']} | {cell(r, r['auto_picked'])} | {cell(r, 'bf16')} | "
+              f"{fmt(r['bf16_over_picked'], True)} |" for r in rows if r["auto_picked"]]
 # The issue's targets: auto within 5% of the faster backend everywhere; the MLP engine at N >= 32 at
 # least 1.5x the naive loop.
 # auto is judged on its rematch where it had one (see bench_row); the backend it picked is named, with that
@@ -400,7 +417,8 @@ print("\n".join(lines))
 out = {"device": device_name, "device_type": device.type, "torch": torch.__version__,
        "threads": torch.get_num_threads(), "python": platform.python_version(),
        "date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:],
-       "malloc_tuning": malloc_tuned, "warmup_rounds": warmup, "min_time_s": min_time,
+       "malloc_tuning": malloc_tuned, "cudnn_benchmark": args.cudnn_benchmark, "warmup_rounds": warmup,
+       "min_time_s": min_time,
        "min_rounds": min_rounds, "lr": LR, "algorithm": "dsgd", "topology": "ring", "wall_s": wall,
        "busy_threshold_cores": BUSY, "waited_s": waited, "rows": rows}
 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
