@@ -296,8 +296,11 @@ class QSGD(Compressor):
         frac = r.abs().mul_(expand((s / norms).nan_to_num(posinf=0.0), sizes))  # s|x|/||x||, 0 where ||x|| = 0
         level = torch.floor(frac)
         frac.sub_(level)
-        level.add_(u < frac).clamp_(max=s)  # stochastic rounding up with probability frac
-        symbols = level.mul_(torch.sign(r)).to(torch.int16)
+        # stochastic rounding up with probability frac: ceil(frac - u) is 1 exactly where u < frac and 0 (or -0)
+        # elsewhere, since a float difference is 0 only for equal operands and keeps the sign of the exact one;
+        # adding the bool u < frac instead converts it to float, which took 40% of a QSGD call on a CPU
+        level.add_(frac.sub_(u).ceil_()).clamp_(max=s)
+        symbols = level.copysign_(r).to(torch.int16)  # level 0 where r = 0: -0 becomes symbol 0
         taus = B.constant(tuple(self.tau(d) for d in sizes), r.dtype, r.device)
         return Quantized(symbols, norms * taus / s, s)
 
