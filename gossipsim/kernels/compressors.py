@@ -298,7 +298,7 @@ class QSGD(Compressor):
         frac.sub_(level)
         # stochastic rounding up with probability frac: ceil(frac - u) is 1 exactly where u < frac and 0 (or -0)
         # elsewhere, since a float difference is 0 only for equal operands and keeps the sign of the exact one;
-        # adding the bool u < frac instead converts it to float, which took 40% of a QSGD call on a CPU
+        # adding the bool u < frac instead converts it to float first: an extra pass over (N, P) on a CPU
         level.add_(frac.sub_(u).ceil_()).clamp_(max=s)
         symbols = level.copysign_(r).to(torch.int16)  # level 0 where r = 0: -0 becomes symbol 0
         taus = B.constant(tuple(self.tau(d) for d in sizes), r.dtype, r.device)
