@@ -9,7 +9,7 @@ import torch
 
 from gossipsim import ConfigError, kernels
 from gossipsim.kernels import bits as B
-from gossipsim.kernels.compressors import kept
+from gossipsim.kernels.compressors import kept, top_indices
 from tests.reference import bitstream as bs
 
 LAYERS = (5, 1, 300, 44)  # P = 350
@@ -66,6 +66,22 @@ def test_top_k_is_exact_with_ties_to_the_lowest_index(fresh_seed):
     ties = torch.tensor([[1.0, -2.0, 2.0, 0.5, -2.0, 2.0]])
     q, _ = kernels.top_k(0.5).roundtrip(ties)  # k = 3 of four 2s: the first three
     assert q.tolist() == [[0.0, -2.0, 2.0, 0.0, -2.0, 0.0]]
+
+
+def test_top_indices_equals_a_stable_sort_with_tied_and_untied_rows(fresh_seed):
+    # top_indices takes topk's answer where the (k+1)-th largest is below the k-th and re-selects the tied
+    # rows in index order: a batch mixing both (and NaNs, which rank above inf) must equal the plain rule,
+    # a stable sort by magnitude bits, descending
+    for _ in range(40):
+        n, d = torch.randint(1, 9, (2,)).tolist()
+        d = 5 * d
+        k = int(torch.randint(1, d + 1, ()))
+        a = torch.randint(0, 4, (n, d)).float()
+        a[torch.rand(n) < 0.5] = torch.rand(d)  # untied rows
+        a[torch.rand(n, d) < 0.05] = float("nan")
+        keys = a.view(torch.int32).long()
+        expected = torch.sort(-keys, dim=1, stable=True).indices[:, :k].sort(1).values
+        assert torch.equal(top_indices(a, k), expected), f"seed {fresh_seed}"
 
 
 def test_per_layer_segments(fresh_seed):

@@ -185,15 +185,31 @@ def top_indices(a: torch.Tensor, k: int) -> torch.Tensor:
     """(N, k) int64, increasing: positions of the k largest entries of each row of a >= 0, ties at the
     threshold going to the lowest index (the rule the Triton radix select follows).
 
-    torch.topk finds the threshold tau (the k-th largest value) and everything above it; which of the
-    entries equal to tau it returns is unspecified, so those are chosen again, in index order. It ranks the
-    float bits as integers, as the radix select does: the same order for values >= 0, faster on a CPU, and
-    a NaN (from a diverged run) ranks above inf instead of making tau NaN and matching nothing.
+    torch.topk ranks the float bits as integers, as the radix select does: the same order for values >= 0,
+    faster on a CPU, and a NaN (from a diverged run) ranks above inf instead of matching nothing. Which of
+    several entries equal to the k-th largest it returns is unspecified, so it is asked for k + 1: where the
+    (k+1)-th largest is below the k-th, the k largest are unique and are the answer; a row where they are
+    equal (a tie across the threshold) is chosen again in index order (_top_indices_tied).
     """
     n, d = a.shape
     if k >= d:
         return torch.arange(d, device=a.device).expand(n, d)
     a = a.view(_AS_INT.get(a.dtype, a.dtype))
+    values, idx = a.topk(k + 1, dim=1, sorted=False)  # (N, k+1)
+    last, at = values.min(1, keepdim=True)  # (N, 1) the (k+1)-th largest and where topk put it
+    top = torch.ones_like(values, dtype=torch.bool).scatter_(1, at, False)  # (N, k+1): the k largest
+    cols = idx[top].view(n, k)
+    tied = (values[top].view(n, k) == last).any(1)  # (N,) the k-th largest equals the (k+1)-th
+    if tied.any():  # a sync, as the tie pass's nonzero was; rare for real-valued data
+        rows = tied.nonzero()[:, 0]
+        cols[rows] = _top_indices_tied(a[rows], k)
+    return cols.sort(1).values
+
+
+def _top_indices_tied(a: torch.Tensor, k: int) -> torch.Tensor:
+    """top_indices for rows (integer keys) whose threshold tau is tied: every entry above tau, then the
+    entries equal to tau in index order until k are kept."""
+    n, d = a.shape
     values, idx = a.topk(k, dim=1, sorted=False)  # (N, k)
     tau = values.min(1, keepdim=True).values  # (N, 1)
     above = values > tau
