@@ -44,3 +44,22 @@ def test_compiled_rounds_equal_eager_and_never_recompile(keys, tmp_path):
 def test_compile_key_is_checked():
     with pytest.raises(ConfigError, match="compile"):
         Config(compile="yes")
+
+
+def test_a_rare_branch_compiles_no_graph_mid_run():
+    # top-k's tie branch runs in the odd round only (equal magnitudes at the threshold): in a compiled round
+    # it must not compile a graph there (it did, 1 s in round 30 of a CHOCO run); a mid-run compile is not a
+    # recompilation, so error_on_recompile does not see it: the graph count does
+    from torch._dynamo.utils import counters
+
+    from gossipsim import kernels
+
+    torch._dynamo.reset()
+    counters.clear()
+    comp = kernels.top_k(0.1)
+    f = torch.compile(lambda r: comp.roundtrip(r)[0] * 2, dynamic=False)
+    untied, tied = torch.randn(4, 100), torch.randint(-3, 4, (4, 100)).float()
+    f(untied)
+    graphs = counters["stats"]["unique_graphs"]
+    torch.testing.assert_close(f(tied), comp.roundtrip(tied)[0] * 2, rtol=0, atol=0)
+    assert counters["stats"]["unique_graphs"] == graphs
