@@ -45,6 +45,19 @@ def segment_sum(v: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([c.sum(1) for c in v.split(sizes, dim=1)], dim=1)
 
 
+CPU_BLOCK_BYTES = 4 << 20  # a row block of one (N, P) array; with a few temporaries it fits a CPU's cache
+
+
+def row_blocks(x: torch.Tensor) -> list[slice]:
+    """Row slices of x (N, P) for a chain of elementwise passes: on a CPU, blocks of about CPU_BLOCK_BYTES, so
+    that each pass after the first reads from cache instead of memory; elsewhere all rows at once."""
+    n, p = x.shape
+    if x.device.type != "cpu":
+        return [slice(0, n)]
+    rows = max(1, CPU_BLOCK_BYTES // max(1, p * x.element_size()))
+    return [slice(a, a + rows) for a in range(0, n, rows)]
+
+
 def expand(per_segment: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     """(N, L) -> (N, P): each segment's value repeated over its columns."""
     if len(sizes) == 1:
@@ -311,17 +324,24 @@ class QSGD(Compressor):
         """QSGD with the uniform draws u (N, P) given: the reference the fused kernels are checked against."""
         sizes = self.segments(r.shape[1])
         s = self.levels
-        norms = self.norms(r)
-        frac = r.abs().mul_(expand((s / norms).nan_to_num(posinf=0.0), sizes))  # s|x|/||x||, 0 where ||x|| = 0
+        norms = self.norms(r)  # (N, L)
+        inv = (s / norms).nan_to_num(posinf=0.0)  # (N, L), 0 where ||x|| = 0
+        symbols = torch.empty(r.shape, dtype=torch.int16, device=r.device)
+        for rows in row_blocks(r):  # the five temporaries of a block stay in a CPU's cache: 1.8x at (128, 272k)
+            symbols[rows] = self._levels(r[rows], u[rows], expand(inv[rows], sizes))
+        taus = B.constant(tuple(self.tau(d) for d in sizes), r.dtype, r.device)
+        return Quantized(symbols, norms * taus / s, s)
+
+    def _levels(self, r: torch.Tensor, u: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+        """sign(r) l, l = floor(s|r|/||r||) rounded up where u < its fractional part; float, as r."""
+        frac = r.abs().mul_(inv)  # s|x|/||x||
         level = torch.floor(frac)
         frac.sub_(level)
         # stochastic rounding up with probability frac: ceil(frac - u) is 1 exactly where u < frac and 0 (or -0)
         # elsewhere, since a float difference is 0 only for equal operands and keeps the sign of the exact one;
         # adding the bool u < frac instead converts it to float first: an extra pass over (N, P) on a CPU
-        level.add_(frac.sub_(u).ceil_()).clamp_(max=s)
-        symbols = level.copysign_(r).to(torch.int16)  # level 0 where r = 0: -0 becomes symbol 0
-        taus = B.constant(tuple(self.tau(d) for d in sizes), r.dtype, r.device)
-        return Quantized(symbols, norms * taus / s, s)
+        level.add_(frac.sub_(u).ceil_()).clamp_(max=self.levels)
+        return level.copysign_(r)  # level 0 where r = 0: -0 becomes symbol 0
 
     def decompress(self, message):
         symbols, scales, _ = message
