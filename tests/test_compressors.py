@@ -188,3 +188,20 @@ def test_specs():
                         ("qsgd:0", "levels")]:
         with pytest.raises(ConfigError, match=needle):
             kernels.parse(bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_qsgd_row_blocks_give_the_symbols_of_one_block(dtype, monkeypatch, fresh_seed):
+    # on a CPU the quantizer runs on row blocks that fit in cache: blocks of 3 rows of 7 (the last one short),
+    # per layer, must give what one block of all rows gives
+    from gossipsim.kernels import compressors
+
+    r = torch.randn(7, sum(LAYERS), dtype=dtype)
+    r[2] = 0.0  # a zero row: its norm is 0
+    u = torch.rand_like(r)
+    comp = layered(kernels.qsgd(4, per="layer"))
+    whole = comp.quantize(r, u)
+    monkeypatch.setattr(compressors, "CPU_BLOCK_BYTES", 3 * sum(LAYERS) * r.element_size())
+    assert [(b.start, b.stop) for b in compressors.row_blocks(r)] == [(0, 3), (3, 6), (6, 9)]
+    blocked = comp.quantize(r, u)
+    assert torch.equal(blocked.symbols, whole.symbols) and torch.equal(blocked.scales, whole.scales)
