@@ -130,8 +130,9 @@ class Engine:
         if self.compile != "off" and self._compiles_at is None:
             start = time.perf_counter()
             self._prepare_compile()  # torch.compile's first call imports Inductor: 1.4 s on 2 CPU cores
-            self.compile_time += time.perf_counter() - start
-            self.setup_time += time.perf_counter() - start
+            spent = time.perf_counter() - start
+            self.compile_time += spent
+            self.setup_time += spent
         mixing = self.topology.mixing(self.t)
         t = self._round_index()
         # compile="round": round 0 runs eagerly and fills the caches (mixing casts, kernel tables) that the
