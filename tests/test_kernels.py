@@ -94,8 +94,8 @@ def test_qsgd_kernel_equals_reference_given_the_same_uniforms(n, p, layers, leve
     norms = comp.norms(r)
     torch.testing.assert_close(T.segment_sums(x, h, table, len(sizes), 2).sqrt().cpu(), norms, rtol=1e-5, atol=0)
     # the quantize pass, given the reference norms and the kernel's own uniforms, is exact
-    seed = fresh_seed * 61  # up to 2^38: the key seed * 2^24 + row uses its high half too
-    u = T.uniform(n, p, seed, DEVICE)
+    seed = torch.tensor([fresh_seed * 61], device=DEVICE)  # up to 2^38: the key seed * 2^24 + row uses its high half
+    u = T.uniform(n, p, seed)
     taus = torch.tensor([comp.tau(d) for d in sizes])
     out = torch.empty_like(x)
     T.residual(x, h, out, 1, table, len(sizes), (norms * taus / levels).to(DEVICE),
@@ -117,6 +117,17 @@ def test_qsgd_kernel_is_unbiased_and_never_stores_noise(fresh_seed, use_triton):
     # each entry rounds to one of two levels norm/s apart: std <= norm / (2 s); 5 sigma of the mean
     sigma = (x.norm(dim=1, keepdim=True) / (2 * 4) / trials**0.5).cpu()
     assert ((mean.cpu() - x.cpu()).abs() <= 5 * sigma).all(), f"seed {fresh_seed}"
+
+
+def test_qsgd_kernel_draws_its_seed_from_the_given_generator(fresh_seed, use_triton):
+    # the seed is drawn on the device, from the generator given (or the device's default), as the reference's
+    # uniforms are: a fresh one each call, the same calls again after re-seeding
+    comp, x = kernels.qsgd(4), torch.randn(3, 501, device=DEVICE)
+    gen = torch.Generator(DEVICE).manual_seed(fresh_seed)
+    first, second = comp.roundtrip(x, gen)[0], comp.roundtrip(x, gen)[0]
+    assert not torch.equal(first, second), f"seed {fresh_seed}"
+    gen.manual_seed(fresh_seed)
+    assert torch.equal(comp.roundtrip(x, gen)[0], first), f"seed {fresh_seed}"
 
 
 @pytest.mark.parametrize("n,p,layers", SHAPES)

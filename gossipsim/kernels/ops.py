@@ -10,8 +10,8 @@
 The torch branch of each is the spec (it calls the compressors' own compress/decompress); the Triton
 branch must equal it (tests/test_kernels.py, on the CPU under TRITON_INTERPRET=1). Triton kernels are
 float32; other dtypes take the torch branch. QSGD draws its stochastic rounding inside the kernel
-(Philox keyed by a seed taken from torch's CPU generator), so the two branches round with different
-random numbers: same law, not the same draws.
+(Philox keyed by a seed drawn on the device), so the two branches round with different random numbers: same
+law, not the same draws.
 """
 from __future__ import annotations
 
@@ -84,12 +84,12 @@ def raw_bits(comp: Compressor, n: int, width: int, device) -> torch.Tensor:
     return B.sign_raw(sizes, n, device)
 
 
-def _seed(generator: torch.Generator | None) -> int:
-    """A fresh Philox seed from torch's CPU generator (no device sync): below 2^38, so that the kernel's keys
-    seed * 2^24 + row (one stream per agent) of two calls coincide only if their seeds do, and at least 2^31,
-    so that Triton always types it int64 (a seed below would compile a second kernel, mid-run)."""
-    gen = generator if generator is not None and generator.device.type == "cpu" else None
-    return int(torch.randint(2**31, 2**38, (1,), generator=gen))  # seed * 2^24 + row < 2^63
+def _seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """A fresh Philox seed, (1,) int64 drawn on the device (from `generator` if given, on that device, as the
+    reference's draws are): no host value, so a round captured as a CUDA graph draws a new one each replay.
+    Below 2^38, so that the kernel's keys seed * 2^24 + row (one stream per agent) of two calls coincide only if
+    their seeds do."""
+    return torch.randint(2**38, (1,), generator=generator, device=device)  # seed * 2^24 + row < 2^63
 
 
 def _apply(comp: Compressor, x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, generator) -> None:
@@ -106,7 +106,7 @@ def _apply(comp: Compressor, x: torch.Tensor, h: torch.Tensor | None, out: torch
         s = comp.levels
         taus = B.constant(tuple(comp.tau(d) for d in sizes), torch.float32, x.device)
         inv = (s / norms).nan_to_num_(posinf=0.0)
-        T.residual(x, h, out, 1, table, L, norms * taus / s, inv, seed=_seed(generator), levels=s)
+        T.residual(x, h, out, 1, table, L, norms * taus / s, inv, seed=_seed(generator, x.device), levels=s)
     elif isinstance(comp, Sign):
         scale = T.segment_sums(x, h, table, L, 1) / B.constant(sizes, torch.float32, x.device)
         T.residual(x, h, out, 2, table, L, scale, scale)

@@ -110,8 +110,8 @@ def segment_sums(x: torch.Tensor, h: torch.Tensor | None, table, n_segments: int
     return out
 
 
-@triton.jit(do_not_specialize=["seed"])  # a fresh seed a call: one compiled kernel, not one per seed's kind
-def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, seed, levels,
+@triton.jit
+def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, seed_ptr, levels,
               MODE: tl.constexpr, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
     # q = C(r) with r = x - h (or x), then out = h + q (CHOCO: out is h, updated in place) or out = q.
     # MODE 0 identity; 1 QSGD: scale = ||r|| tau / s, aux = s / ||r||, Philox uniforms keyed by seed * 2^24 + row;
@@ -127,7 +127,7 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
         scale = tl.load(scale_ptr + row * L + seg)
         scaled = tl.abs(r) * inv
         level = tl.floor(scaled)
-        u = tl.rand(seed * 16777216 + row, cols)  # one stream per (call, agent); agents < 2^24
+        u = tl.rand(tl.load(seed_ptr) * 16777216 + row, cols)  # one stream per (call, agent); agents < 2^24
         level = tl.minimum(level + tl.where(u < scaled - level, 1.0, 0.0), levels * 1.0)
         sgn = tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0))
         q = (sgn * level) * scale
@@ -138,26 +138,29 @@ def _residual(x_ptr, h_ptr, out_ptr, scale_ptr, aux_ptr, start_ptr, end_ptr, seg
 
 
 def residual(x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, mode: int, table, n_segments: int,
-             scale: torch.Tensor, aux: torch.Tensor, seed: int = 0, levels: int = 1) -> torch.Tensor:
-    """out = h + C(x - h) (or C(x)); scale and aux as `_residual` reads them for `mode`."""
+             scale: torch.Tensor, aux: torch.Tensor, seed: torch.Tensor | None = None, levels: int = 1) -> torch.Tensor:
+    """out = h + C(x - h) (or C(x)); scale and aux as `_residual` reads them for `mode`; seed (1,) int64 on the
+    device, read by QSGD alone."""
     n, p = x.shape
     start, end, seg = table
     nb = start.numel()
+    seed = start if seed is None else seed  # any int64 pointer where no mode reads it
     _residual[(n * nb,)](x, x if h is None else h, out, scale, aux, start, end, seg, p, n_segments, nb, seed, levels,
                          MODE=mode, HAS_HAT=h is not None, BLOCK=SEG_BLOCK, num_warps=SEG_WARPS)
     return out
 
 
-@triton.jit(do_not_specialize=["seed"])
-def _uniform(out_ptr, P, seed, BLOCK: tl.constexpr):
+@triton.jit
+def _uniform(out_ptr, P, seed_ptr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(out_ptr + row * P + cols, tl.rand(seed * 16777216 + row, cols), mask=cols < P)
+    tl.store(out_ptr + row * P + cols, tl.rand(tl.load(seed_ptr) * 16777216 + row, cols), mask=cols < P)
 
 
-def uniform(n: int, p: int, seed: int, device) -> torch.Tensor:
-    """(N, P) the uniforms the QSGD kernel draws for `seed`: only for checking it against the reference."""
-    out = torch.empty(n, p, dtype=torch.float32, device=device)
+def uniform(n: int, p: int, seed: torch.Tensor) -> torch.Tensor:
+    """(N, P) the uniforms the QSGD kernel draws for `seed` ((1,) int64): only for checking it against the
+    reference."""
+    out = torch.empty(n, p, dtype=torch.float32, device=seed.device)
     _uniform[(n, triton.cdiv(p, BLOCK))](out, p, seed, BLOCK=BLOCK)
     return out
 
