@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--quick] [--models mlp,lenet5,resnet20] [--agents 8,32,128]
                                     [--batch 32] [--json PATH] [--no-malloc-tuning] [--device cuda]
-                                    [--compile] [--autocast] [--cudnn-benchmark]
+                                    [--compile] [--graph] [--autocast] [--cudnn-benchmark]
 
 One round of every contestant does the same work: draw an (N, B) index tensor with the Sampler, gather
 those images from the device-resident uint8 dataset and normalize them, then train N agents one step.
@@ -16,7 +16,8 @@ those images from the device-resident uint8 dataset and normalize them, then tra
                          the same arithmetic with shared weights, which no per-agent scheme can beat.
 Throughput is N*B samples per round / median seconds per round, after warm-up rounds, over as many
 rounds as fit in a minimum time; "best" in the ratios is the fastest engine column (vmap, loop, chunked,
-auto). Contestants' rounds are interleaved, and a row disturbed by other processes is timed again.
+auto, and with --graph the vmap engine replaying its round as a CUDA graph: the same kernels, the same
+numbers). Contestants' rounds are interleaved, and a row disturbed by other processes is timed again.
 Where auto's column falls more than 5% short of max(loop, vmap), auto and the faster of the two are timed
 again head to head with 4x the rounds; the table shows both figures and the target is judged on the rematch.
 The data are random uint8 images of the right shape: models only need shapes, and nothing is downloaded.
@@ -86,6 +87,9 @@ parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before
 parser.add_argument("--min-time", type=float, default=None, help="seconds of timed rounds per contestant")
 parser.add_argument("--compile", action="store_true",
                     help="add a contestant: the vmap engine with compile=round (compile time reported apart)")
+parser.add_argument("--graph", action="store_true",
+                    help="add a contestant (CUDA): the vmap engine with compile=graph, its round captured as a CUDA "
+                         "graph and replayed (capture time reported apart); the best engine column counts it")
 parser.add_argument("--autocast", action="store_true",
                     help="add a contestant: the backend auto picked, with bf16 autocast for forward and backward")
 parser.add_argument("--cudnn-benchmark", action="store_true",
@@ -226,6 +230,13 @@ def bench_row(name: str, n: int, b: int) -> dict:
         row["compile_s"] = e.compile_time
         return e.step
 
+    def graphed():
+        e = engine("vmap", "graph")
+        for _ in range(2):  # round 0 eager on the capture's side stream, round 1 captured: out of the steady state
+            e.step()
+        row["capture_s"] = e.compile_time
+        return e.step
+
     def auto():
         e = engine("auto")
         sync()
@@ -263,6 +274,7 @@ def bench_row(name: str, n: int, b: int) -> dict:
 
     builders = {**{k: (lambda k=k: engine(k).step) for k in BACKENDS}, "auto": auto, "naive": naive,
                 "limit": limit, **({"compiled": compiled} if args.compile else {}),
+                **({"graph": graphed} if args.graph else {}),
                 **({"bf16": bf16} if args.autocast else {})}
     contestants = {}
     for key, build in builders.items():
@@ -286,7 +298,8 @@ def bench_row(name: str, n: int, b: int) -> dict:
     sps = row["samples_per_s"] = {k: n * b / v if v else None for k, v in row["s_per_round"].items()}
 
     fast = [sps[k] for k in ("loop", "vmap") if sps[k]]
-    best_engine = max((sps[k] for k in (*BACKENDS, "auto") if sps[k]), default=None)
+    # the engine's modes that compute the same numbers as eager vmap (compile=graph replays its kernels)
+    best_engine = max((sps[k] for k in (*BACKENDS, "auto", "graph") if sps.get(k)), default=None)
     row["auto_over_max_loop_vmap"] = sps["auto"] / max(fast) if sps["auto"] and fast else None
     picked = sps.get(row["auto_picked"]) if row["auto_picked"] else None
     row["picked_over_max_loop_vmap"] = picked / max(fast) if picked and fast else None
@@ -295,6 +308,7 @@ def bench_row(name: str, n: int, b: int) -> dict:
     row["auto_over_naive"] = sps["auto"] / sps["naive"] if sps["auto"] and sps["naive"] else None
     row["best_over_limit"] = best_engine / sps["limit"] if best_engine and sps["limit"] else None
     row["compiled_over_vmap"] = sps["compiled"] / sps["vmap"] if sps.get("compiled") and sps["vmap"] else None
+    row["graph_over_vmap"] = sps["graph"] / sps["vmap"] if sps.get("graph") and sps["vmap"] else None
     row["bf16_over_picked"] = sps["bf16"] / picked if sps.get("bf16") and picked else None
     # After its one-off choice auto runs the code of the backend it picked, so its column falls short of
     # max(loop, vmap) either by a wrong pick or by the noise of a few rounds (+-15% a round on 2 shared
@@ -382,6 +396,11 @@ if args.compile:  # compile=round on the vmap backend, against eager vmap in the
               "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['N']} | {cell(r, 'vmap')} | {cell(r, 'compiled')} | "
               f"{fmt(r['compiled_over_vmap'], True)} | {r.get('compile_s', 0):.1f} |" for r in rows]
+if args.graph:  # compile=graph on the vmap backend, against eager vmap in the same interleaved rounds
+    lines += ["", "| model | N | vmap | vmap, compile=graph | graph/vmap | capture s |",
+              "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['N']} | {cell(r, 'vmap')} | {cell(r, 'graph')} | "
+              f"{fmt(r['graph_over_vmap'], True)} | {r.get('capture_s', 0):.1f} |" for r in rows]
 if args.autocast:  # bf16 autocast on the backend auto picked, against that backend in float32, interleaved
     lines += ["", "| model | N | backend | float32 | bf16 autocast | bf16/float32 |", "|---|---:|---|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['N']} | {r['auto_picked']} | {cell(r, r['auto_picked'])} | {cell(r, 'bf16')} | "

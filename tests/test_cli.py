@@ -39,6 +39,7 @@ def test_run_with_toml_and_overrides(tmp_path, capsys):
     (["stray"], "unexpected argument 'stray'"),
     (["--dataset=mnist", "--data_dir=/nonexistent"], "mnist"),
     (["--model=lenet5", "--agents=4096", "--batch_size=8192", "--backend=vmap"], "GiB is free"),
+    (["--compile=graph", "--device=cpu"], "compile=graph replays one captured round: it needs device=cuda"),
 ])
 def test_user_mistakes_exit_2_with_one_line(args, needle, capsys, tmp_path):
     assert main(["run", *args, f"--out={tmp_path / 'r'}"]) == 2

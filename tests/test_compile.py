@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils import _pytree as pytree
 
 from gossipsim import ConfigError
 from gossipsim.sim import experiment
@@ -63,3 +64,29 @@ def test_a_rare_branch_compiles_no_graph_mid_run():
     graphs = counters["stats"]["unique_graphs"]
     torch.testing.assert_close(f(tied), comp.roundtrip(tied)[0] * 2, rtol=0, atol=0)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compile_graph_needs_cuda_and_a_static_topology(tmp_path):
+    for topology, shown in (("ring", r"Topology\(ring4"), ("random_matching", r"RandomSchedule\(random_matching4")):
+        with pytest.raises(ConfigError, match=f"compile=graph .* got device=cpu and topology {shown}"):
+            experiment.build(Config(agents=4, rounds=2, eval_every=2, progress=False, compile="graph",
+                                    topology=topology, out=str(tmp_path / topology)))
+
+
+def test_a_captured_round_writes_its_new_state_back_into_its_inputs(fresh_seed):
+    # GraphedRound's last captured kernels: in place outputs are left alone, others copied into the inputs, and
+    # an output that is another input's memory (here x and x_hat swapped) is cloned before any copy overwrites it
+    from gossipsim.sim.graphed import GraphedRound
+
+    x, x_hat, buf, bn = (torch.randn(3, 5) for _ in range(4))
+    before = [v.clone() for v in (x, x_hat, buf, bn)]
+    graphed = GraphedRound.__new__(GraphedRound)
+    graphed.name = "a round"
+    graphed.inputs, graphed.spec = pytree.tree_flatten(((x, x_hat, None, buf), bn))
+    new_bn = bn.mul_(2)  # updated in place
+    graphed._write_back(pytree.tree_flatten(((x_hat, x, None, buf + 1), new_bn)))
+    for got, want in zip((x, x_hat, buf, bn), (before[1], before[0], before[2] + 1, before[3] * 2)):
+        assert torch.equal(got, want), f"seed {fresh_seed}"
+    for other in (((x, x_hat, buf, buf), bn), ((x, x_hat, buf), bn)):  # a None field filled; a field gone
+        with pytest.raises(ConfigError, match="another structure"):
+            graphed._write_back(pytree.tree_flatten(other))

@@ -24,7 +24,7 @@ TOPOLOGIES = tuple(SPECS)
 PARTITIONS = ("iid", "dirichlet", "shards")
 SCHEDULES = ("constant", "multistep", "cosine")
 DTYPES = ("float32", "float64")
-COMPILE = ("off", "oracle", "round")
+COMPILE = ("off", "oracle", "round", "graph")
 ALGORITHM_KEYS = ("compressor", "gamma", "beta", "eps", "c1", "c2", "p1", "p2", "every", "variant", "mu")
 
 
@@ -89,7 +89,8 @@ class Config:
     backend: str = key("auto", "auto | vmap | loop | chunked")
     chunk_size: int = key(0, "agents per vmapped block for backend=chunked (0: N/4)")
     compile: str = key("off", "torch.compile: off | oracle (the agents' gradients) | round (batch, gradients and "
-                              "the algorithm's step; static topologies, else oracle)")
+                              "the algorithm's step; static topologies, else oracle) | graph (the round captured "
+                              "once as a CUDA graph and replayed; device cuda, static topologies)")
     dtype: str = key("float32", "float32 | float64")
     autocast: str = key("off", "off | bf16: forward and backward in bfloat16 (parameters, gradients and gossip "
                                "stay float32)")

@@ -21,9 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, Diverged
+from ..graphs import Topology
 from . import checkpoint as ckpt
 from . import data as data_mod
 from .algorithms import Algorithm, Round
+from .graphed import GraphedRound
 from .metrics import Meter, RunDir, consensus_distance
 from .model import StackedModel
 
@@ -53,7 +55,7 @@ class Engine:
     out: str | Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
     memory: Any = None  # memory.Estimate of the run's peak, from the preflight in experiment.build
-    compile: str = "off"  # torch.compile: "off", "oracle" (the gradients) or "round" (see _prepare_compile)
+    compile: str = "off"  # "off", "oracle" (the gradients compiled), "round" or "graph" (see _prepare_compile)
     checkpoint_every: int | None = None  # rounds between checkpoints in out/; None: every evaluation; 0: none
     resume: dict[str, Any] | None = None  # a checkpoint's contents (checkpoint.load) to continue from
     tensorboard: bool = False  # also write each evaluation as TensorBoard scalars to out/tensorboard
@@ -61,6 +63,9 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
+        if self.compile == "graph" and (self.device.type != "cuda" or not isinstance(self.topology, Topology)):
+            raise ConfigError(f"compile=graph replays one captured round: it needs device=cuda and a static "
+                              f"topology, got device={self.device.type} and topology {self.topology!r}")
         n = self.model.n
         self.train, self.test = self.train.to(self.device), self.test.to(self.device)
         x0, self.buffers = self.model.init(self.seed, same_init=self.same_init, dtype=self.dtype,
@@ -87,6 +92,7 @@ class Engine:
         self.compile_time = 0.0  # the rounds that compiled (part of setup_time)
         self._compiled_round: Callable | None = None
         self._compiles_at: int | None = None  # the round that compiles, once compilation is set up
+        self._compiled_from: int | None = None  # the first round that calls _compiled_round
         self.run_dir = RunDir(self.out, resume=self.resume is not None) if self.out is not None else None
         if self.run_dir is not None:
             self.run_dir.write_json("config.json", self.config)
@@ -135,9 +141,7 @@ class Engine:
             self.setup_time += spent
         mixing = self.topology.mixing(self.t)
         t = self._round_index()
-        # compile="round": round 0 runs eagerly and fills the caches (mixing casts, kernel tables) that the
-        # compiled round then reads as constants; round 1 compiles. compile="oracle" compiles in round 0.
-        compiled = self._compiled_round is not None and self.t >= self._compiles_at
+        compiled = self._compiled_round is not None and self.t >= self._compiled_from
         compiling = self.t == self._compiles_at
         start = time.perf_counter()
         with self._own_rng():
@@ -170,14 +174,20 @@ class Engine:
         inputs are then the same objects and tensors of the same shapes each round (the round index a
         device tensor), and it never recompiles. A time-varying schedule hands over a new mixing each round
         (its W_t, its neighbour table), which would recompile every round: there, as with compile="oracle",
-        only the vmapped gradient is compiled."""
-        from ..graphs import Topology
+        only the vmapped gradient is compiled. compile="graph" captures `_round` as a CUDA graph (graphed.py).
 
-        if self.compile == "round" and isinstance(self.topology, Topology):
+        Round t (this one) runs eagerly and fills the caches (mixing casts, kernel tables) that the compiled
+        or captured round then reads as constants; round t + 1 compiles or captures. compile="oracle"
+        compiles in round t."""
+        if self.compile == "graph":  # round t runs eagerly inside GraphedRound, on its capture's side stream
+            self._compiled_round = GraphedRound(self._round, self.device, [self.augment_rng] if self.augment else [],
+                                                name=f"a round of {self.algorithm.name}")
+            self._compiled_from, self._compiles_at = self.t, self.t + 1
+        elif self.compile == "round" and isinstance(self.topology, Topology):
             # fallback_random: the compressors' and augmentation's draws come from torch's generators as in
             # eager rounds (Inductor's own would be other numbers), so compiling changes the speed, not the run
             self._compiled_round = torch.compile(self._round, dynamic=False, options={"fallback_random": True})
-            self._compiles_at = self.t + 1  # this round runs eagerly first
+            self._compiled_from = self._compiles_at = self.t + 1
         else:
             self.model.compile_oracle()
             self._compiles_at = self.t
