@@ -20,18 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gossipsim.sim import experiment
 from gossipsim.sim.config import Config
-
-aten = torch.ops.aten
-READ_BACK = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
-             aten.bincount.default, aten._unique2.default, aten.unique_dim.default, aten.unique_consecutive.default}
-
-
-def _reads_back(func, args, kwargs) -> bool:
-    if func in (aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor):
-        return kwargs.get("output_size") is None  # sized by the host when given output_size
-    if func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default):
-        return any(i is not None and i.dtype == torch.bool for i in args[1])  # a nonzero inside
-    return func in READ_BACK
+from tests.reference.cuda_graph import reads_back
 
 
 class ReadBack(TorchDispatchMode):
@@ -43,7 +32,7 @@ class ReadBack(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _reads_back(func, args, kwargs):
+        if reads_back(func, args, kwargs):
             ours = [f for f in traceback.extract_stack() if "/gossipsim/" in f.filename]
             where = f"gossipsim/{ours[-1].filename.split('/gossipsim/')[-1]}:{ours[-1].lineno}" if ours else "?"
             key = f"{func} from {where}"
