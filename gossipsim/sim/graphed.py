@@ -3,9 +3,9 @@
 A replay launches all of a round's kernels from one call: no Python, no vmap machinery, no per-launch host
 cost. A round can be captured when it reads nothing back from the device and every value that changes from
 round to round is a device tensor (the round index, the batch's indices, a schedule's value, the random
-draws' seeds and Philox offsets): tests/test_capture.py checks both on a CPU for every algorithm. MALCOM-PSGD
-(its code lengths read the number of nonzero symbols) and top-k's torch path (float64) read back: their
-capture fails, with a message.
+draws' seeds and Philox offsets): tests/test_graphed.py checks both on a CPU for every algorithm, against an
+emulated capture. MALCOM-PSGD (its code lengths read the number of nonzero symbols) and top-k's torch path
+(float64) read back: their capture fails, with a message.
 
     call 0    the round, eagerly, on a side stream: lazy initializations (cuBLAS workspaces, cuDNN plans,
               Triton compiles, the engine's caches) happen before the capture, as CUDA graphs require

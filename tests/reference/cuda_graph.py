@@ -3,17 +3,21 @@ in CI, end to end through the engine.
 
 A capture records the aten ops its block runs, with their arguments (host values frozen, as in a real
 capture). Then it undoes what they did, since a real capture executes nothing: the memory that existed before
-it gets its bytes back, and the generators their states. A read back from the device (.item(), nonzero, a
-boolean mask's index) raises, as it does in a real capture. A replay runs the recorded ops again on the same
-tensors and writes each result into the tensor the capture produced (a graph's fixed memory). Random ops draw
-again from the generator they name, or the default one: fresh numbers each replay, in the order an eager
-round draws them, as PyTorch's graph-safe Philox offsets give on a GPU.
+it gets its bytes back, and the generators their states. A read back from the device (.item(), bool(), int()
+of a tensor, or an op whose output's size depends on the data: nonzero, a boolean mask's index, bincount)
+raises, naming the line of gossipsim that did it: on CUDA each is a host sync, and an error in a capture.
+
+A replay runs the recorded ops again on the same tensors and writes each result into the tensor the capture
+produced (a graph's fixed memory). Random ops draw again from the generator they name, or the default one:
+fresh numbers each replay, in the order an eager round draws them, as PyTorch's graph-safe Philox offsets
+give on a GPU.
 
     emulate(monkeypatch)   torch.cuda.{CUDAGraph, graph, Stream, stream, current_stream, synchronize} replaced
 """
 from __future__ import annotations
 
 import contextlib
+import traceback
 
 import torch
 from torch.utils import _pytree as pytree
@@ -72,7 +76,8 @@ class _Capture(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if reads_back(func, args, kwargs):
-            raise RuntimeError(f"CUDA error: operation not permitted when stream is capturing ({func})")
+            raise RuntimeError(f"CUDA error: operation not permitted when stream is capturing ({func} from "
+                               f"{_caller()})")
         for t in _written(func, args, kwargs):
             storage = t.untyped_storage()
             if storage.data_ptr() not in self.fresh and storage.data_ptr() not in self.saved:
@@ -86,6 +91,12 @@ class _Capture(TorchDispatchMode):
         self.fresh |= {t.untyped_storage().data_ptr() for t in outs} - inputs
         self.graph.ops.append((func, *frozen, [_frozen(t) for t in outs]))  # keeps all alive: no memory reused
         return out
+
+
+def _caller() -> str:
+    """The line of gossipsim that is running an op."""
+    ours = [f for f in traceback.extract_stack() if "/gossipsim/" in f.filename]
+    return f"gossipsim/{ours[-1].filename.split('/gossipsim/')[-1]}:{ours[-1].lineno}" if ours else "?"
 
 
 def _frozen(t: torch.Tensor) -> torch.Tensor:
