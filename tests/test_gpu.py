@@ -157,8 +157,10 @@ def test_graph_rounds_equal_eager_rounds(keys, tmp_path):
     eager, graphed = run("off"), run("graph")
     assert graphed._compiled_round.graph is not None and graphed.compile_time > 0
     torch.testing.assert_close(graphed.state.x, eager.state.x, rtol=1e-5, atol=1e-6)
-    for a, b in zip(graphed.history, eager.history):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4) and a["test_acc"] == b["test_acc"]
+    # not bit for bit: QSGD's and sign's segment norms add their blocks' partial sums atomically, in any order
+    for a, b in zip(graphed.history, eager.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert abs(a["test_acc"] - b["test_acc"]) <= 0.02
 
 
 def test_graph_capture_of_a_round_that_reads_back_exits_2_with_one_line(tmp_path):
