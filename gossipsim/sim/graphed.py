@@ -37,10 +37,6 @@ class GraphedRound:
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    @property
-    def captures_next(self) -> bool:
-        return self.calls == 1
-
     def __call__(self, state, buffers: torch.Tensor, idx: torch.Tensor, t: torch.Tensor, mixing):
         self.calls += 1
         if self.calls == 1:
