@@ -231,9 +231,15 @@ def bench_row(name: str, n: int, b: int) -> dict:
         return e.step
 
     def graphed():
-        e = engine("vmap", "graph")
-        for _ in range(2):  # round 0 eager on the capture's side stream, round 1 captured: out of the steady state
-            e.step()
+        try:
+            e = engine("vmap", "graph")
+            for _ in range(2):  # round 0 eager on the capture's side stream, round 1 captured: not timed
+                e.step()
+        except (torch.OutOfMemoryError, MemoryError):
+            raise
+        except Exception as error:  # a failed capture costs its column, not the other tables
+            row["graph_error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}"
+            return None
         row["capture_s"] = e.compile_time
         return e.step
 
@@ -399,8 +405,11 @@ if args.compile:  # compile=round on the vmap backend, against eager vmap in the
 if args.graph:  # compile=graph on the vmap backend, against eager vmap in the same interleaved rounds
     lines += ["", "| model | N | vmap | vmap, compile=graph | graph/vmap | capture s |",
               "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['model']} | {r['N']} | {cell(r, 'vmap')} | {cell(r, 'graph')} | "
-              f"{fmt(r['graph_over_vmap'], True)} | {r.get('capture_s', 0):.1f} |" for r in rows]
+    lines += [f"| {r['model']} | {r['N']} | {cell(r, 'vmap')} | "
+              + (f"{cell(r, 'graph')} | {fmt(r['graph_over_vmap'], True)} | {r.get('capture_s', 0):.1f} |"
+                 if not r.get("graph_error") else "failed (below) | | |") for r in rows]
+    lines += [f"compile=graph failed for {r['model']} N={r['N']}: {r['graph_error']}" for r in rows
+              if r.get("graph_error")]
 if args.autocast:  # bf16 autocast on the backend auto picked, against that backend in float32, interleaved
     lines += ["", "| model | N | backend | float32 | bf16 autocast | bf16/float32 |", "|---|---:|---|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['N']} | {r['auto_picked']} | {cell(r, r['auto_picked'])} | {cell(r, 'bf16')} | "

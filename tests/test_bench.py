@@ -41,3 +41,16 @@ def test_bench_on_a_missing_device_is_a_one_line_mistake(capsys):
     assert main(["bench", "--device=cuda"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gossipsim: error: --device=cuda but torch sees no CUDA device") and err.count("\n") == 1
+
+
+def test_a_failed_graph_contestant_costs_its_column_alone(tmp_path):
+    # compile=graph is refused on a CPU: the throughput table is still written, the failure named under its own
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(bench.source_root() / "benchmarks" / "throughput.py"), "--quick",
+                           "--models", "mlp", "--agents", "4", "--graph", "--min-time", "0.02", "--retries", "0",
+                           "--json", str(tmp_path / "t.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| mlp | 4 | 32 | 199,210 |" in proc.stdout and "| failed (below) | | |" in proc.stdout
+    assert "compile=graph failed for mlp N=4: ConfigError: compile=graph replays one captured round" in proc.stdout
