@@ -54,6 +54,23 @@ def test_resumed_run_equals_the_uninterrupted_run_bit_for_bit(case, tmp_path):
     assert torch.equal(engine.buffers, straight.buffers)
 
 
+def test_a_state_dict_kept_in_memory_returns_the_run_to_its_round(tmp_path):
+    # a notebook's rollback: the rounds after state_dict() update the state, the meter's sums and the sampler's
+    # epochs in place; on a CPU the dict must not share their memory, and a load must not share the dict's
+    engine = sim.build(sim.Config(agents=4, rounds=9, eval_every=3, batch_size=8, eval_samples=100, progress=False,
+                                  seed=5, out=str(tmp_path / "run"), **CASES["choco-rand_k"]))
+    engine.run(3)
+    saved = engine.state_dict()
+    runs = []
+    for _ in range(3):  # the run from the dict, then twice more from the same dict
+        engine.run(6)
+        runs.append(([v.clone() for v in engine.state if v is not None], [r["test_acc"] for r in engine.history]))
+        engine.load_state_dict(saved)
+        assert engine.t == 3 and len(saved["history"]) == 2  # the evaluations of rounds 0 and 3
+    for state, accuracies in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(state, runs[0][0])) and accuracies == runs[0][1]
+
+
 def test_cli_resume_continues_and_extends_a_run(tmp_path, capsys):
     args = ["--agents=4", "--batch_size=8", "--eval_every=3", "--eval_samples=100", "--progress=false",
             "--backend=vmap", "--algorithm=choco", "--compressor=rand_k:0.3", "--gamma=0.4", "--lr=0.05"]

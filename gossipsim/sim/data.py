@@ -599,7 +599,8 @@ class Sampler:
     def state_dict(self) -> dict:
         """Everything needed to continue the same draws (a host sync: call at checkpoints only)."""
         return {"t": self.t, "batch_size": self.batch_size, "sizes": torch.from_numpy(self._sizes.copy()),
-                "cur": self._cur.cpu(), "nxt": self._nxt.cpu(), "generator": self._gen.get_state()}
+                "cur": self._cur.to("cpu", copy=True), "nxt": self._nxt.to("cpu", copy=True),  # sample() writes in
+                "generator": self._gen.get_state()}
 
     def load_state_dict(self, d: dict) -> None:
         sizes = torch.as_tensor(d["sizes"]).numpy()

@@ -303,14 +303,16 @@ class Engine:
 
     # ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything the next round depends on, tensors on the CPU (see checkpoint.py). A host sync."""
+        """Everything the next round depends on, tensors on the CPU (see checkpoint.py). A host sync. Copies, on a
+        CPU too: the rounds that follow update the state in place, and must not change a state_dict kept to
+        return to."""
         def cpu(v):
-            return v.detach().cpu() if isinstance(v, torch.Tensor) else v
+            return v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
 
         return {"round": self.t, "algorithm": self.algorithm.name,
                 "state": {k: cpu(v) for k, v in self.state._asdict().items()}, "buffers": cpu(self.buffers),
                 "sampler": self.sampler.state_dict(), "augment_rng": self.augment_rng.get_state(),
-                "rng": self._rng, "meter": self.meter.state_dict(), "history": self.history,
+                "rng": self._rng, "meter": self.meter.state_dict(), "history": list(self.history),
                 "backend": self.model.backend, "train_time": self.train_time, "setup_time": self.setup_time,
                 "compile_time": self.compile_time, "config": self.config}
 
@@ -326,9 +328,10 @@ class Engine:
                 raise ConfigError(f"the checkpoint's {self.algorithm.name} state does not fit this run: field {k} "
                                   f"is {None if v is None else tuple(v.shape)} there, "
                                   f"{None if mine in (None, ...) else tuple(mine.shape)} here")
-        self.state = type(self.state)(**{k: None if v is None else v.to(self.device, fields[k].dtype)
+        # copies: the rounds update them in place, and d may be loaded again
+        self.state = type(self.state)(**{k: None if v is None else v.to(self.device, fields[k].dtype, copy=True)
                                          for k, v in d["state"].items()})
-        self.buffers = d["buffers"].to(self.device, self.buffers.dtype)
+        self.buffers = d["buffers"].to(self.device, self.buffers.dtype, copy=True)
         self.sampler.load_state_dict(d["sampler"])
         self.augment_rng.set_state(d["augment_rng"])
         self._rng = {**_seeded_rng(self.seed + 2, self.device), **d["rng"]}  # a CPU run resumed on a GPU: seeded

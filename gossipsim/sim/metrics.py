@@ -30,12 +30,13 @@ class Meter:
         self.rounds += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"bits": self.bits.cpu(), "loss": self.loss.cpu(), "rounds": self.rounds,
-                "first_bad": self.first_bad.cpu()}
+        # copies, on a CPU too: add() sums in place
+        return {"bits": self.bits.to("cpu", copy=True), "loss": self.loss.to("cpu", copy=True),
+                "rounds": self.rounds, "first_bad": self.first_bad.to("cpu", copy=True)}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         device = self.bits.device
-        self.bits, self.loss = d["bits"].to(device), d["loss"].to(device)
+        self.bits, self.loss = d["bits"].to(device, copy=True), d["loss"].to(device, copy=True)
         self.first_bad, self.rounds = d["first_bad"].to(device), int(d["rounds"])
 
     def window_loss(self) -> torch.Tensor:
