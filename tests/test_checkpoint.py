@@ -71,6 +71,27 @@ def test_a_state_dict_kept_in_memory_returns_the_run_to_its_round(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(state, runs[0][0])) and accuracies == runs[0][1]
 
 
+def test_a_round_stopped_part_way_says_so_and_a_saved_state_goes_on(tmp_path, monkeypatch):
+    # Ctrl-C in a notebook lands inside a round: the state is half updated, and the engine says how to go on
+    engine = sim.build(sim.Config(agents=4, rounds=6, eval_every=3, batch_size=8, eval_samples=100, progress=False,
+                                  out=str(tmp_path / "run")))
+    engine.run(3)
+    saved = engine.state_dict()
+    grad = engine.model.grad
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.model, "grad", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(3)
+    monkeypatch.setattr(engine.model, "grad", grad)
+    with pytest.raises(ConfigError, match="round 3 stopped part way.*load_state_dict"):
+        engine.step()
+    engine.load_state_dict(saved)
+    assert engine.run(3)[-1]["round"] == 6
+
+
 def test_cli_resume_continues_and_extends_a_run(tmp_path, capsys):
     args = ["--agents=4", "--batch_size=8", "--eval_every=3", "--eval_samples=100", "--progress=false",
             "--backend=vmap", "--algorithm=choco", "--compressor=rand_k:0.3", "--gamma=0.4", "--lr=0.05"]

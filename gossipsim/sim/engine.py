@@ -115,10 +115,6 @@ class Engine:
         return self.partition.describe(self.train.y.cpu(), self.train.classes)
 
     # ----------------------------------------------------------------------------------------------
-    def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Round t's normalized inputs (N, B, C, H, W) and labels (N, B)."""
-        return self._inputs(self.sampler.sample(t))
-
     def _inputs(self, idx: torch.Tensor, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         xb = self.train.normalize(self.train.x[idx], self.dtype)  # idx (N, B) -> (N, B, C, H, W)
         if augment and self.augment:
@@ -127,6 +123,9 @@ class Engine:
 
     def step(self) -> dict[str, torch.Tensor]:
         """One round; returns the algorithm's statistics (device tensors)."""
+        if self.sampler.t != self.t:  # the sampler moves first: a round stopped after it (an interrupt, an error)
+            raise ConfigError(f"round {self.t} stopped part way, its state half updated: return to a saved state "
+                              f"(engine.load_state_dict(saved), or sim.experiment.resume(run_dir)) to go on")
         idx = self.sampler.sample(self.t)  # (N, B): host bookkeeping of epochs, kept out of any compiled code
         if self.model.backend == "auto":  # a one-off measurement, kept out of the training time
             start = time.perf_counter()
