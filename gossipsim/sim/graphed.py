@@ -59,7 +59,6 @@ class GraphedRound:
         graph = torch.cuda.CUDAGraph()
         for gen in self.generators:
             graph.register_generator_state(gen)
-        torch.cuda.synchronize(self.device)
         try:
             with torch.cuda.graph(graph, stream=self.stream):
                 new_state, new_buffers, stats = self.round_fn(state, buffers, self.idx, self.t, mixing)
