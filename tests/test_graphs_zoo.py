@@ -17,12 +17,13 @@ ZOO = {
     "petersen": lambda w: graphs.petersen(weights=w), "star7": lambda w: graphs.star(7, weights=w),
     "hypercube4": lambda w: graphs.hypercube(4, weights=w),
     "exponential12": lambda w: graphs.exponential(12, weights=w),
+    "circulant16": lambda w: graphs.circulant(16, [1, 4], weights=w),
     "erdos_renyi": lambda w: graphs.erdos_renyi(14, 0.4, seed=3, weights=w),
     "random_regular": lambda w: graphs.random_regular(14, 3, seed=1, weights=w),
     "small_world": lambda w: graphs.small_world(14, 4, 0.2, seed=2, weights=w),
     "adjacency": lambda w: graphs.from_adjacency(nx.to_numpy_array(nx.wheel_graph(6)), weights=w),
 }
-REGULAR = {"torus4x4", "torus3x5", "dyck", "petersen", "hypercube4", "exponential12", "random_regular"}
+REGULAR = {"torus4x4", "torus3x5", "dyck", "petersen", "hypercube4", "exponential12", "circulant16", "random_regular"}
 
 
 @pytest.mark.parametrize("weights", ["metropolis", "max_degree", "laplacian", "uniform"])
@@ -51,6 +52,14 @@ def test_dyck_is_cubic_with_32_nodes_48_edges_girth_6():
     torch.testing.assert_close(graphs.dyck().mixing(0).dense().diagonal(), torch.full((32,), 0.25, dtype=torch.float64))
 
 
+def test_adagossip_torus_is_circulant_1_4_not_a_2d_torus():
+    """AdaGossip's code's "torus" (GridGraph, ALGORITHMS.md 3): i linked to i +- 1 and i +- 4 mod N."""
+    for n in (16, 32):
+        M = graphs.parse("circulant:1,4", n).mixing(0)
+        assert M.neighbors == [sorted({(i + s) % n for s in (1, -1, 4, -4)}) for i in range(n)]
+    assert graphs.torus(4, 4).mixing(0).neighbors[3] == [0, 2, 7, 15]  # its row wraps: 3's right is 0, not 4
+
+
 def test_hypercube_neighbours_differ_in_one_bit_and_exponential_distances():
     M = graphs.hypercube(3).mixing(0)
     assert all(bin(i ^ j).count("1") == 1 for i in range(8) for j in M.neighbors[i])
@@ -73,7 +82,7 @@ def test_rho_and_mixing_time(fresh_seed):
 
 
 @pytest.mark.parametrize("spec,n,name", [("ring", 12, "ring12"), ("torus", 12, "torus3x4"),
-                                         ("torus:4x4", None, "torus4x4"),
+                                         ("torus:4x4", None, "torus4x4"), ("circulant:1,4", 16, "circulant16(1,4)"),
                                          ("hypercube", 8, "hypercube3"), ("erdos_renyi:0.5", 10, "erdos_renyi10"),
                                          ("small_world:10,4,0.1", 10, "small_world10")])
 def test_specs(spec, n, name):
@@ -82,7 +91,9 @@ def test_specs(spec, n, name):
 
 @pytest.mark.parametrize("spec,n,needle", [("tours", 8, "did you mean 'torus'"), ("dyck", 16, "32 agents"),
                                            ("hypercube", 12, "power of two"), ("ring:a", None, "numbers"),
-                                           ("torus:4", None, "needs 2"), ("erdos_renyi:10,0.01", None, "disconnected")])
+                                           ("torus:4", None, "needs 2"), ("erdos_renyi:10,0.01", None, "disconnected"),
+                                           ("circulant:1,4", None, "number of agents"),
+                                           ("circulant:16", 16, r"\[1, 15\]")])
 def test_bad_specs(spec, n, needle):
     with pytest.raises(ConfigError, match=needle):
         graphs.parse(spec, n)
@@ -122,6 +133,7 @@ def test_user_matrix_accepted(fresh_seed):
     (lambda: graphs.ring(9), "dense"), (lambda: graphs.ring(2), "dense"),
     (lambda: graphs.ring(64, weights="laplacian"), "sparse"), (lambda: graphs.torus(3, 5), "dense"),
     (lambda: graphs.torus(2, 16), "sparse"), (lambda: graphs.exponential(64), "sparse"),
+    (lambda: graphs.circulant(48, [1, 4]), "sparse"),
     (lambda: graphs.random_regular(40, 3, seed=0), "sparse"), (lambda: graphs.grid(6, 6), "sparse"),
     (lambda: graphs.complete(40), "dense"), (lambda: graphs.petersen(), "dense"),
     (lambda: graphs.from_matrix(graphs.ring(8, weights="max_degree").mixing(0).dense()), "dense"),

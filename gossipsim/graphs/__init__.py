@@ -14,6 +14,7 @@ from .schedules import (
 from .spec import SPECS, parse
 from .topologies import (
                         WEIGHTS,
+                        circulant,
                         complete,
                         dyck,
                         erdos_renyi,
@@ -35,8 +36,8 @@ from .topologies import (
                         torus,
 )
 
-__all__ = ["SPECS", "WEIGHTS", "Matcha", "Mixing", "Periodic", "RandomSchedule", "Topology", "complete", "dyck",
-           "erdos_renyi", "exponential", "from_adjacency", "from_matrix", "from_networkx", "grid", "hypercube",
+__all__ = ["SPECS", "WEIGHTS", "Matcha", "Mixing", "Periodic", "RandomSchedule", "Topology", "circulant", "complete",
+           "dyck", "erdos_renyi", "exponential", "from_adjacency", "from_matrix", "from_networkx", "grid", "hypercube",
            "link_failures", "matcha", "mixing_time", "mixing_weights", "one_peer_exponential", "parse", "petersen",
            "random_matching", "random_regular", "relabelled", "rho", "rho_per_round", "ring", "rotating", "small_world",
            "spectral_gap", "star", "torus"]

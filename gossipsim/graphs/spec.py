@@ -2,7 +2,7 @@
 
 A spec is `name[:args]`; args are `x`- or `,`-separated numbers. Where a spec leaves the size out, `n`
 (the run's number of agents) fills it in: `ring` with n = 16 is `ring:16`, `torus` is the most square
-r x c = n, `hypercube` needs n a power of two.
+r x c = n, `hypercube` needs n a power of two. `circulant:1,4` lists offsets; its size is always n.
 
 Time-varying topologies: the schedules `one_peer_exponential[:n]` and `random_matching[:n]`, or a static
 spec with one modifier after `+`: `ring+fail:0.1` (each link fails with probability 0.1 per round),
@@ -27,6 +27,7 @@ SPECS = {
     "star": (T.star, 1, "star:8"),
     "exponential": (T.exponential, 1, "exponential:16"),
     "torus": (T.torus, 2, "torus:4x4"),
+    "circulant": (T.circulant, None, "circulant:1,4 (i linked to i +- 1 and i +- 4; size from agents)"),
     "grid": (T.grid, 2, "grid:4x4"),
     "hypercube": (T.hypercube, 1, "hypercube:4 (16 agents)"),
     "dyck": (T.dyck, 0, "dyck (32 agents)"),
@@ -83,11 +84,15 @@ def _static(spec: str, n: int | None, weights: str, seed: int):
         args = [float(a) if "." in a else int(a) for a in rest.replace("x", ",").split(",") if a.strip()]
     except ValueError:
         raise ConfigError(f"topology {spec!r}: arguments must be numbers, e.g. {example}") from None
-    if not args and n is not None and arity:
+    if arity is None:  # circulant: every number is an offset, the size is the run's
+        if n is None or not args:
+            raise ConfigError(f"topology {spec!r} needs offsets and a number of agents, e.g. {example}")
+        args = [n, args]
+    elif not args and n is not None and arity:
         args = _size_from_n(name, n)
     if name in RANDOM and len(args) == arity - 1 and n is not None:
         args = [n, *args]
-    if len(args) != arity:
+    if arity is not None and len(args) != arity:
         raise ConfigError(f"topology {spec!r} needs {arity} argument(s), e.g. {example}")
     if name in SCHEDULES and any(not isinstance(a, int) for a in args):
         raise ConfigError(f"topology {spec!r}: the size must be a whole number, e.g. {example}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import networkx as nx
 import torch
@@ -64,6 +65,18 @@ def ring(n: int, weights: str = "metropolis") -> Topology:
     """Cycle of n agents; each talks to its two neighbours (one for n = 2)."""
     _check_n(n)
     return Topology(mixing_weights(nx.cycle_graph(n), weights), nx.cycle_graph(n), f"ring{n}", grid=(n,))
+
+
+def circulant(n: int, offsets: Sequence[int], weights: str = "metropolis") -> Topology:
+    """Agent i linked to i +- s (mod n) for each offset s; ring(n) is circulant(n, [1]). AdaGossip's code calls
+    circulant(n, [1, 4]) its torus ("GridGraph", ALGORITHMS.md 3): not torus(4, n // 4), where agent 3's
+    right-hand neighbour is 0 (its row wraps), but a ring with chords to i +- 4."""
+    _check_n(n)
+    if not offsets or any(not isinstance(s, int) or not 0 < s < n for s in offsets):
+        raise ConfigError(f"circulant offsets must be whole numbers in [1, {n - 1}] for {n} agents, "
+                          f"got {list(offsets)}")
+    g = nx.circulant_graph(n, offsets)
+    return Topology(mixing_weights(g, weights), g, f"circulant{n}({','.join(map(str, offsets))})", grid=(n,))
 
 
 def complete(n: int, weights: str = "metropolis") -> Topology:
