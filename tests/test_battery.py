@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gossipsim import graphs, kernels
+from gossipsim import ConfigError, graphs, kernels, sim
 from gossipsim.sim import algorithms
 from gossipsim.sim.algorithms import SGDState, battery
 
@@ -57,6 +57,29 @@ def test_the_battery_fails_what_it_should():
             algorithms.check("battery_shapes")
     finally:
         del algorithms.base._REGISTRY["battery_broken"], algorithms.base._REGISTRY["battery_shapes"]
+
+
+def test_a_training_key_the_algorithm_lacks_is_refused_not_dropped(tmp_path):
+    """A user's algorithm without momentum: momentum=0.9 in its config is an error, not a plain run."""
+    @algorithms.register("battery_plain")
+    def plain(lr):
+        def init(x0):
+            return SGDState(x0.clone(), None)
+
+        def step(state, rnd):
+            loss, g = rnd.grad(state.x)
+            return SGDState(state.x - lr(rnd.t) * g, None), {"loss": loss, "bits": torch.zeros_like(loss)}
+
+        return init, step
+
+    try:
+        cfg = dict(algorithm="battery_plain", agents=4, progress=False, out=str(tmp_path / "run"))
+        sim.build(sim.Config(**cfg))  # the defaults build
+        for key, value in (("momentum", 0.9), ("weight_decay", 1e-3)):
+            with pytest.raises(ConfigError, match=f"battery_plain takes no {key}"):
+                sim.build(sim.Config(**cfg, **{key: value}))
+    finally:
+        del algorithms.base._REGISTRY["battery_plain"]
 
 
 def test_the_problem_has_the_stated_minimizer(fresh_seed):

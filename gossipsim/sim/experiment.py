@@ -83,6 +83,10 @@ def _hyper(cfg: Config, model: StackedModel) -> dict[str, Any]:
     hyper = dict(lr=local.warmup(schedule, cfg.warmup), momentum=cfg.momentum, nesterov=cfg.nesterov,
                  weight_decay=cfg.weight_decay)
     accepted = algorithms.hyperparameters(cfg.algorithm)
+    for k, default in (("momentum", 0.0), ("nesterov", False), ("weight_decay", 0.0)):
+        if k not in accepted and getattr(cfg, k) != default:  # a registered algorithm of a user's may lack it
+            raise ConfigError(f"{cfg.algorithm} takes no {k} (its factory has no {k!r} argument), got {k}="
+                              f"{getattr(cfg, k)}; leave it at {default}")
     return {**{k: v for k, v in hyper.items() if k in accepted}, **cfg.algorithm_hyper(layers=model.param_sizes)}
 
 
