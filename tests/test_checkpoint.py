@@ -3,6 +3,10 @@ with exit status 3 and keeps the last good checkpoint."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -150,6 +154,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypat
     with pytest.raises(OSError):
         engine.run(2)
     assert (tmp_path / "r" / checkpoint.NAME).read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "r").glob(".*.tmp")) == []  # the partial file holds no disk
     assert checkpoint.load(tmp_path / "r")["round"] == 2
 
 
@@ -178,6 +183,26 @@ def test_resume_without_a_checkpoint_and_a_second_run_into_one_directory(tmp_pat
     assert main(["run", *args]) == 2  # would append a second run's rows to the first's
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+    assert main(["run", f"--resume={tmp_path / 'r' / 'checkpoint.pt'}"]) == 2
+    assert f"give --resume={tmp_path / 'r'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_first_checkpoint_says_how_to_start_again(signum, tmp_path):
+    """Ctrl-C or `kill` while round 0 is evaluated: exit 130, the files kept, and no --resume offered, which
+    would find no checkpoint."""
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "gossipsim", "run", "--agents=3", "--rounds=100000", "--eval_every=50000",
+           "--batch_size=4", "--progress=false", f"--out={run}"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:  # round 0 is evaluated
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "no checkpoint was written yet" in err and f"remove {run}" in err and "--resume" not in err, err
+    assert (run / "metrics.jsonl").read_text().count("\n") == 1
 
 
 def test_divergence_exits_3_naming_round_and_agents_and_keeps_the_last_good_checkpoint(tmp_path, capsys):

@@ -40,6 +40,12 @@ def test_run_with_toml_and_overrides(tmp_path, capsys):
     (["--dataset=mnist", "--data_dir=/nonexistent"], "mnist"),
     (["--model=lenet5", "--agents=4096", "--batch_size=8192", "--backend=vmap"], "GiB is free"),
     (["--compile=graph", "--device=cpu"], "compile=graph replays one captured round: it needs device=cuda"),
+    (["--seed=-1"], "seed and graph_seed must be integers in [0, 2^63)"),
+    (["--seed=99999999999999999999"], "seed and graph_seed must be integers in [0, 2^63)"),
+    (["--milestones=5,1", "--lr_schedule=multistep"], "milestones must be increasing rounds >= 1"),
+    (["--weight_decay=inf"], "weight_decay must be a finite number >= 0"),
+    (["--lr_factor=inf"], "lr_factor must be a finite number > 0"),
+    (["--compress_per=layer"], "compress_per=layer is for algorithms that compress"),
 ])
 def test_user_mistakes_exit_2_with_one_line(args, needle, capsys, tmp_path):
     assert main(["run", *args, f"--out={tmp_path / 'r'}"]) == 2
@@ -81,6 +87,19 @@ def test_config_conversions_and_errors():
     for bad in ({"agents": 2.5}, {"nesterov": "maybe"}, {"lr": True}, {"dataset": 3}):
         with pytest.raises(ConfigError):
             sim.Config.from_dict(bad)
+    # built from Python, the same conversions: "false" is False, not a truthy string
+    cfg = sim.Config(agents="8", nesterov="false", momentum="0.9", eval_agents="no")
+    assert cfg.agents == 8 and cfg.nesterov is False and cfg.momentum == 0.9 and cfg.eval_agents is False
+    for bad in (dict(agents=4.5), dict(lr=None), dict(topology=3), dict(device=None), dict(rounds=float("inf"))):
+        with pytest.raises(ConfigError):
+            sim.Config(**bad)
+
+
+def test_an_unwritable_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["run", "--agents=3", "--rounds=2", f"--out={tmp_path / 'file' / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gossipsim: error: ") and err.count("\n") == 1 and "file" in err, err
 
 
 def test_unknown_commands_get_the_closest_one(capsys):

@@ -32,11 +32,15 @@ def save(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` (Engine.state_dict()) to path: to a temporary file first, then renamed over path."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: the partial file would hold the space the next try needs
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -10,7 +10,10 @@ import argparse
 import dataclasses
 import difflib
 import math
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from ..errors import ConfigError, Diverged
 
@@ -76,6 +79,9 @@ def cmd_run(argv: list[str]) -> int:
     path, overrides = _parse_overrides(argv)
     resume_dir = overrides.pop("resume", None)
     if resume_dir is not None:
+        if Path(resume_dir).is_file():
+            raise ConfigError(f"--resume takes the run's directory, got the file {resume_dir}; "
+                              f"give --resume={Path(resume_dir).parent}")
         if path:
             raise ConfigError(f"--resume continues the run in {resume_dir} with its own config; drop {path}")
         engine = resume(resume_dir, **overrides)
@@ -96,7 +102,10 @@ def cmd_run(argv: list[str]) -> int:
     try:
         history = engine.run(cfg.rounds - engine.t)
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"continue with: gossipsim run --resume={engine.run_dir.path}") from None
+        if (engine.run_dir.path / "checkpoint.pt").exists():
+            raise KeyboardInterrupt(f"continue with: gossipsim run --resume={engine.run_dir.path}") from None
+        raise KeyboardInterrupt(f"no checkpoint was written yet, so there is nothing to resume: to start again, "
+                                f"remove {engine.run_dir.path} or give another --out") from None
     row = {"algorithm": cfg.algorithm, **history[-1], "samples_per_s": engine.summary()["samples_per_s"]}
     print(results_table([row]))
     if cfg.compile != "off":
@@ -227,6 +236,16 @@ COMMANDS = {"run": "train (no arguments: the quickstart); run --resume=DIR conti
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     handlers = {"run": cmd_run, "sweep": cmd_sweep, "plot": cmd_plot, "graphs": cmd_graphs, "bench": cmd_bench}
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # `kill` stops it as Ctrl-C does
+    try:
+        return _main(argv, handlers)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str], handlers) -> int:
     try:
         if argv and argv[0] in handlers:  # everything after the command is its own, --help too
             return handlers[argv[0]](argv[1:])
@@ -257,6 +276,14 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; {e}" if str(e) else ""
         print(f"gossipsim: interrupted; files already written are kept{hint}", file=sys.stderr)
         return 130
+    except OSError as e:  # an unwritable --out, a full disk: what was written before is kept
+        where = f": {e.filename}" if e.filename else ""
+        print(f"gossipsim: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

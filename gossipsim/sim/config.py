@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ PARTITIONS = ("iid", "dirichlet", "shards")
 SCHEDULES = ("constant", "multistep", "cosine")
 DTYPES = ("float32", "float64")
 COMPILE = ("off", "oracle", "round", "graph")
-ALGORITHM_KEYS = ("compressor", "gamma", "beta", "eps", "c1", "c2", "p1", "p2", "every", "variant", "mu")
+ALGORITHM_KEYS = ("compressor", "gamma", "beta", "eps", "rescale", "c1", "c2", "p1", "p2", "every", "variant", "mu")
 
 
 def key(default: Any, help: str) -> Any:
@@ -54,6 +55,8 @@ class Config:
     beta: float | None = key(None, "AdaGossip: decay of the gossip error's second moment; AdaCons: momentum of "
                                    "the sorted coefficients")
     eps: float | None = key(None, "AdaGossip, AdaCons: the epsilon added to a square root or a norm")
+    rescale: bool | None = key(None, "AdaCons: scale the aggregate of unit gradients by their mean norm, so that lr "
+                                     "means what it means for allreduce (not in the paper)")
     c1: float | None = key(None, "AL-DSGD: averaging weight of the lowest-loss neighbour")
     c2: float | None = key(None, "AL-DSGD: averaging weight of the highest-degree neighbour")
     p1: float | None = key(None, "AL-DSGD: pull towards the lowest-loss neighbour")
@@ -106,6 +109,8 @@ class Config:
     out: str | None = key(None, "run directory (default runs/<algorithm>-<topology><N>-<time>)")
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # Config(nesterov="false") from Python: converted as from a file
+            setattr(self, f.name, _convert(f.name, getattr(self, f.name), f.type))
         self.validate()
 
     def validate(self) -> None:
@@ -142,12 +147,20 @@ class Config:
             raise ConfigError(f"checkpoint_every must be 0 (none) or a multiple of eval_every={self.eval_every} "
                               f"(checkpoints are taken at evaluations), got {self.checkpoint_every}")
         for key in ("lr", "alpha", "lr_factor"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+            if not 0 < getattr(self, key) < math.inf:
+                raise ConfigError(f"{key} must be a finite number > 0, got {getattr(self, key)}")
+        if not 0 <= self.seed < 2**63 or (self.graph_seed is not None and not 0 <= self.graph_seed < 2**63):
+            raise ConfigError(f"seed and graph_seed must be integers in [0, 2^63), got {self.seed} and "
+                              f"{self.graph_seed}")
+        if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
+            raise ConfigError(f"milestones must be increasing rounds >= 1, got {self.milestones}")
+        if self.compress_per != "model" and "compressor" not in algorithms.hyperparameters(self.algorithm):
+            raise ConfigError(f"compress_per={self.compress_per} is for algorithms that compress, "
+                              f"and {self.algorithm} sends uncompressed models")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.nesterov and not self.momentum:
             raise ConfigError("nesterov=true needs momentum > 0")
         if self.device != "cpu" and not self.device.startswith("cuda"):
@@ -252,7 +265,7 @@ def _convert(key: str, value: Any, kind: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     raise ConfigError(f"{key} must be {_describe(base)}, got {value!r}")
 
