@@ -1,12 +1,14 @@
 """The vectorized engine against the naive per-agent simulator, in float64, for every backend."""
 from __future__ import annotations
 
+import networkx as nx
 import pytest
 import torch
 from torch import nn
 
 from gossipsim import graphs, sim
 from gossipsim.graphs import Mixing
+from gossipsim.graphs.matcha import decompose_graph
 from gossipsim.sim.model import StackedModel
 from tests.reference.naive import NaiveSimulator
 
@@ -39,8 +41,11 @@ def run_both(factory, algorithm, W, backend, seed, bn="local", rounds=ROUNDS, sa
     algo = sim.algorithms.make(algorithm, **hyper)
     state, buffers = algo.init(x0), buf0
     topology = W if hasattr(W, "mixing") else None
+    # the base graph's matchings, which AL-DSGD's agents list their neighbours by (Mixing.order)
+    matchings = (getattr(topology, "matchings", None) if topology is not None
+                 else decompose_graph(nx.from_numpy_array((W != 0).numpy())))
     naive = NaiveSimulator(factory, topology.mixing(0).dense() if topology else W, algorithm, x0=x0, buf0=buf0,
-                           bn=bn, **hyper)
+                           bn=bn, matchings=matchings, **hyper)
     gen = torch.Generator().manual_seed(seed)
     for t in range(rounds):
         mixing = topology.mixing(t) if topology else Mixing(W)

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from gossipsim import ConfigError, graphs, kernels, sim
+from gossipsim.graphs import Mixing
+from gossipsim.graphs.matcha import decompose
 from gossipsim.sim.algorithms.al_dsgd import leaders
 from tests.test_engine_reference import CLASSES, B, N, bn_cnn, irregular_W, mlp, run_both
 
@@ -16,10 +18,12 @@ TOL = dict(rtol=1e-9, atol=1e-11)
 SGD = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
 
 
-def irregular_matcha(seed: int) -> graphs.Matcha:
-    """MATCHA over the irregular 5-agent graph: W_t and the active degrees change every round."""
+def irregular_matcha(seed: int, reverse: bool = False) -> graphs.Matcha:
+    """MATCHA over the irregular 5-agent graph: W_t and the active degrees change every round. reverse: its
+    matchings in the other order, which changes whom agents 2 and 4 list first among neighbours of equal degree."""
     base = graphs.from_networkx(nx.Graph([(0, 1), (1, 2), (2, 3), (3, 4), (1, 3), (0, 4)]))
-    return graphs.matcha(base, budget=0.5, seed=seed)
+    matchings = decompose(base)
+    return graphs.matcha(base, budget=0.5, seed=seed, matchings=matchings[::-1] if reverse else matchings)
 
 
 def test_matcha_matches_naive_simulator(fresh_seed):
@@ -30,9 +34,9 @@ def test_matcha_matches_naive_simulator(fresh_seed):
 
 
 @pytest.mark.parametrize("variant", ["code", "paper"])
-@pytest.mark.parametrize("base", ["static", "matcha"])
+@pytest.mark.parametrize("base", ["static", "matcha", "matcha_reversed"])
 def test_al_dsgd_matches_naive_simulator(variant, base, fresh_seed):
-    W = irregular_W() if base == "static" else irregular_matcha(fresh_seed)
+    W = irregular_W() if base == "static" else irregular_matcha(fresh_seed, reverse=base == "matcha_reversed")
     state, _, naive = run_both(mlp, "al_dsgd", W, "vmap", fresh_seed, variant=variant, c1=0.25, c2=0.15, p1=0.1,
                                p2=0.3, **SGD)
     torch.testing.assert_close(state.x, naive.x(), **TOL, msg=lambda m: f"seed {fresh_seed}: {m}")
@@ -54,13 +58,21 @@ def test_al_dsgd_without_leaders_is_its_base(variant, base, fresh_seed):
     torch.testing.assert_close(al.x, plain.x, rtol=0, atol=0)
 
 
-def test_leaders_prefer_self_then_lowest_index():
+def test_leaders_prefer_self_then_the_first_matching():
+    """Ties go to the agent itself, then to the neighbour its list names first: by the matchings that link
+    them, as the official code lists neighbours (ALGORITHMS.md 5), not by index."""
     W = graphs.mixing_weights(nx.Graph([(0, 1), (1, 2), (2, 3)]))  # a path; agent 3 has one neighbour
+    found = Mixing(W).order  # decompose's matchings: [(0, 1), (2, 3)], then [(1, 2)]
+    given = Mixing(W, matchings=[[(1, 2)], [(0, 1), (2, 3)]]).order
+    assert given[1].tolist()[:3] == [2, 0, 1] and found[1].tolist()[:3] == [1, 0, 2]
     loss = torch.tensor([1.0, 0.5, 0.5, 2.0], dtype=torch.float64)
-    assert leaders(W, loss).tolist() == [1, 1, 2, 2]  # 2 keeps itself on a tie with 1
+    assert leaders(W, loss, given).tolist() == [1, 1, 2, 2]  # 2 keeps itself on a tie with 1
+    loss = torch.tensor([0.5, 1.0, 0.5, 2.0], dtype=torch.float64)  # 1's neighbours 0 and 2 tie
+    assert leaders(W, loss, given).tolist() == [0, 2, 2, 2]
+    assert leaders(W, loss, found).tolist() == [0, 0, 2, 2]
     deg = torch.tensor([1.0, 2.0, 2.0, 1.0], dtype=torch.float64)
-    assert leaders(W, -deg).tolist() == [1, 1, 2, 2]
-    assert leaders(W, torch.full((4,), float("nan"), dtype=torch.float64)).tolist() == [0, 1, 2, 3]
+    assert leaders(W, -deg, given).tolist() == [1, 1, 2, 2]
+    assert leaders(W, torch.full((4,), float("nan"), dtype=torch.float64), given).tolist() == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("comp", ["dithered", "top_k_per_layer"])
@@ -82,18 +94,25 @@ def test_malcom_without_l1_is_choco(fresh_seed):
     torch.testing.assert_close(malcom.x_hat, choco.x_hat, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("rescale", [False, True], ids=["paper", "rescaled"])
 @pytest.mark.parametrize("factory", [mlp, bn_cnn], ids=["mlp", "bn_cnn"])
-def test_adacons_matches_naive_simulator(factory, fresh_seed):
-    state, buffers, naive = run_both(factory, "adacons", irregular_W(), "vmap", fresh_seed, beta=0.9, **SGD)
+def test_adacons_matches_naive_simulator(factory, rescale, fresh_seed):
+    state, buffers, naive = run_both(factory, "adacons", irregular_W(), "vmap", fresh_seed, beta=0.9, rescale=rescale,
+                                     **SGD)
     torch.testing.assert_close(state.x, naive.x(), **TOL, msg=lambda m: f"seed {fresh_seed}: {m}")
     torch.testing.assert_close(buffers, naive.buffers(), **TOL)
 
 
-def test_adacons_with_identical_gradients_is_allreduce(fresh_seed):
-    kw = dict(same_init=True, same_data=True, **SGD)
+def test_adacons_with_identical_gradients_steps_along_their_unit_direction(fresh_seed):
+    """Identical gradients g: the paper's aggregate is g / (||g|| + eps); rescaled, it is g, as `allreduce`."""
+    kw = dict(same_init=True, same_data=True, lr=0.05, rounds=1)
     ada, _, _ = run_both(mlp, "adacons", irregular_W(), "vmap", fresh_seed, **kw)
+    rescaled, _, _ = run_both(mlp, "adacons", irregular_W(), "vmap", fresh_seed, rescale=True, **kw)
     mean, _, _ = run_both(mlp, "allreduce", irregular_W(), "vmap", fresh_seed, **kw)
-    torch.testing.assert_close(ada.x, mean.x, rtol=1e-12, atol=1e-14)
+    double = run_both(mlp, "allreduce", irregular_W(), "vmap", fresh_seed, **{**kw, "lr": 0.1})[0].x
+    g, x0 = (mean.x - double) / 0.05, 2 * mean.x - double  # (N, P): x0 - 0.05 g and x0 - 0.1 g solved
+    torch.testing.assert_close(ada.x, x0 - 0.05 * g / (g[0].norm() + 1e-8), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(rescaled.x, mean.x, rtol=1e-12, atol=1e-14)
 
 
 def test_adacons_weights_and_guard(fresh_seed):
@@ -112,8 +131,10 @@ def test_adacons_weights_and_guard(fresh_seed):
         return -state.x[0]  # one step of lr 1 from 0
 
     g = torch.stack([u, u, u + 3 * v])  # two agree, one strays; the mean is u + v
+    c = 4 / 10**0.5  # the coefficients <u + v, g_i> / ||g_i||: 1, 1, c
     agg = aggregate(g)
-    assert agg @ v < 0.7 and agg @ u > 1.2
+    torch.testing.assert_close(agg, (2 * u + c * (u + 3 * v) / 10**0.5) / (2 + c), rtol=0, atol=1e-7)
+    assert agg @ v < 0.55 * (agg @ u)  # the mean's ratio is 1
     g = torch.stack([u, -2 * u, torch.zeros(7, dtype=torch.float64)])  # coefficients -1/3, 1/3, 0
     torch.testing.assert_close(aggregate(g), g.mean(0), rtol=0, atol=0)
 

@@ -48,7 +48,7 @@ class Matcha:
         active = (active < self.probabilities).to(torch.float64)  # (M,) B_j
         L = torch.einsum("m,mij->ij", active, self.laplacians)
         W = torch.eye(self.n, dtype=torch.float64) - self.alpha * L  # (N, N) on the host
-        return Mixing(upload(W, self.device), host=W)
+        return Mixing(upload(W, self.device), host=W, matchings=self.matchings)
 
     def to(self, device: torch.device | str) -> Matcha:
         return Matcha(self.base, self.budget, self.seed, self.matchings, device)
@@ -64,10 +64,14 @@ def matcha(base: Topology, budget: float = 0.5, seed: int = 0,
 
 
 def decompose(base: Topology) -> list[list[tuple[int, int]]]:
-    """Disjoint matchings covering every edge: repeatedly remove a maximum-cardinality matching."""
-    g = nx.Graph(base.graph) if base.graph is not None else nx.from_numpy_array(
-        (base.mixing(0).dense() != 0).to(torch.int64).numpy())
-    g = nx.convert_node_labels_to_integers(g, ordering="sorted")
+    """Disjoint matchings covering every edge of `base`: repeatedly remove a maximum-cardinality matching."""
+    return decompose_graph(base.graph if base.graph is not None else nx.from_numpy_array(
+        (base.mixing(0).dense() != 0).to(torch.int64).numpy()))
+
+
+def decompose_graph(g: nx.Graph) -> list[list[tuple[int, int]]]:
+    """decompose's matchings of the graph g (nodes relabelled 0..N-1 in sorted order)."""
+    g = nx.convert_node_labels_to_integers(nx.Graph(g), ordering="sorted")
     g.remove_edges_from(nx.selfloop_edges(g))
     out = []
     while g.number_of_edges():

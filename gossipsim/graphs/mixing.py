@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from functools import cached_property
 
 import networkx as nx
@@ -30,7 +31,8 @@ class Mixing:
     PATHS = ("dense", "sparse", "circulant")
 
     def __init__(self, W: torch.Tensor, grid: tuple[int, ...] | None = None, path: str | None = None,
-                 host: torch.Tensor | None = None):
+                 host: torch.Tensor | None = None, graph: nx.Graph | None = None,
+                 matchings: Sequence[Sequence[tuple[int, int]]] | None = None):
         if W.dim() != 2 or W.shape[0] != W.shape[1]:
             raise ConfigError(f"mixing matrix must be square (N, N), got shape {tuple(W.shape)}")
         if path is not None and path not in self.PATHS:
@@ -45,6 +47,12 @@ class Mixing:
         if path == "circulant" and self.shifts is None:
             raise ConfigError("gossip path 'circulant' needs a circulant graph (ring, torus, exponential)")
         self.forced = path
+        self.graph, self.matchings = graph, matchings  # what `order` reads
+
+    def to(self, device: torch.device | str) -> Mixing:
+        """The same round's Mixing on `device`. It keeps its host copy: reading its structure later would wait
+        for the device, mid-round."""
+        return Mixing(self.W.to(device), self.grid, self.forced, self.host, self.graph, self.matchings)
 
     @property
     def n(self) -> int:
@@ -162,6 +170,33 @@ class Mixing:
         return [torch.nonzero(row).flatten().tolist() for row in A]
 
     @cached_property
+    def order(self) -> torch.Tensor:
+        """(N, N) int64 on W's device: where agent j stands in agent i's list of itself and its active neighbours,
+        the list the official AL-DSGD code breaks ties in (ALGORITHMS.md 5): i itself first (0), then its
+        neighbours in the order of the matchings that link them (1 + the matching's index). The matchings are
+        the schedule's (MATCHA's, or given); else those graphs.matcha.decompose finds in the graph, as MATCHA on
+        this graph would have them. A neighbour in no matching comes after those that are, by index."""
+        from .matcha import decompose_graph  # matcha builds on this module
+
+        n = self.n
+        A = self.host != 0
+        A.fill_diagonal_(False)
+        order = torch.full((n, n), 2 * n * n, dtype=torch.int64)  # never a neighbour: after every one
+        if A.sum(1).max() > 1:  # with at most one neighbour an agent has no tie to order
+            matchings = self.matchings
+            if matchings is None:
+                matchings = decompose_graph(self.graph if self.graph is not None else nx.from_numpy_array(A.numpy()))
+            order[A] = (len(matchings) + 1 + torch.arange(n)).expand(n, n)[A]
+            for m, edges in enumerate(matchings):
+                for a, b in edges:
+                    if A[a, b]:
+                        order[a, b] = order[b, a] = m + 1
+        else:
+            order[A] = 1
+        order.fill_diagonal_(0)
+        return upload(order, self.W.device)
+
+    @cached_property
     def degrees(self) -> torch.Tensor:
         """Active out-degree of each agent, (N,) int64 on W's device."""
         A = self.W != 0
@@ -211,7 +246,7 @@ class Topology:
 
     def __init__(self, W: torch.Tensor, graph: nx.Graph | None = None, name: str = "custom",
                  grid: tuple[int, ...] | None = None):
-        self._mixing = Mixing(W, grid)
+        self._mixing = Mixing(W, grid, graph=graph)
         self.graph, self.name, self.grid = graph, name, grid
 
     @property

@@ -39,9 +39,7 @@ class Periodic:
         return period
 
     def to(self, device: torch.device | str) -> Periodic:
-        # each keeps its host copy: reading its structure later would wait for the device, mid-round
-        return Periodic([Mixing(m.W.to(device), m.grid, m.forced, host=m.host) for m in self.mixings], self.index,
-                        self.name)
+        return Periodic([m.to(device) for m in self.mixings], self.index, self.name)
 
     def __repr__(self) -> str:
         return f"Periodic({self.name}, n={self.n})"

@@ -25,14 +25,17 @@ class NaiveSimulator:
                  x0: torch.Tensor | None = None, buf0: torch.Tensor | None = None, bn: str = "local",
                  dtype: torch.dtype = torch.float64, gamma: float = 0.5, compressor=None, beta: float | None = None,
                  eps: float = 1e-8, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0.2,
-                 every: int = 1, variant: str = "code", mu: float = 1e-5):
+                 every: int = 1, variant: str = "code", mu: float = 1e-5, rescale: bool = False,
+                 matchings: list[list[tuple[int, int]]] | None = None):
         assert algorithm in ALGORITHMS
         self.algorithm, self.bn, self.dtype, self.lr = algorithm, bn, dtype, lr
+        self.matchings = matchings  # the base graph's, in order: each agent lists its neighbours by them
         self.set_W(W)
         self.n = W.shape[0]
         beta = beta if beta is not None else 0.99 if algorithm == "adacons" else 0.999
         self.gamma, self.compressor, self.beta, self.eps, self.t = gamma, compressor, beta, eps, 0
         self.c1, self.c2, self.p1, self.p2, self.every, self.variant, self.mu = c1, c2, p1, p2, every, variant, mu
+        self.rescale = rescale
         self.m: list[float] | None = None  # AdaCons' momentum of the sorted coefficients
         self.u = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
         self.x_hat = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
@@ -50,9 +53,17 @@ class NaiveSimulator:
 
 
     def set_W(self, W: torch.Tensor) -> None:
-        """This round's mixing matrix. Each agent knows its neighbour list, as a real deployment does."""
+        """This round's mixing matrix. Each agent knows its neighbour list, as a real deployment does: in the
+        order of the matchings that link them where the matchings are given (the official AL-DSGD code's
+        lists), else in index order."""
         self.W = W.to(self.dtype)
-        self._neighbours = [[j for j in range(W.shape[0]) if j != i and self.W[i, j] != 0] for i in range(W.shape[0])]
+        n = W.shape[0]
+        active = [[j for j in range(n) if j != i and self.W[i, j] != 0] for i in range(n)]
+        if self.matchings is not None:
+            by_matching = [[b if a == i else a for m in self.matchings for a, b in m if i in (a, b)] for i in range(n)]
+            active = [[j for j in by_matching[i] if j in active[i]] + [j for j in active[i] if j not in by_matching[i]]
+                      for i in range(n)]
+        self._neighbours = active
 
     def neighbours(self, i: int) -> list[int]:
         return self._neighbours[i]
@@ -157,7 +168,7 @@ class NaiveSimulator:
         return out
 
     def leader(self, i: int, score: list[float]) -> int:
-        """The agent of lowest score among i and its neighbours, i first, then neighbours in index order."""
+        """The agent of lowest score among i and its neighbours, the first in i's list on a tie (i first)."""
         best = i
         for j in self.neighbours(i):
             if score[j] < score[best]:
@@ -200,7 +211,7 @@ class NaiveSimulator:
             w[i] = self.m[k]  # the agent with the k-th smallest coefficient gets the k-th smoothed one
         total = sum(w)
         if total > 1e-3 * sum(abs(v) for v in w):
-            scale = sum(norms) / self.n
+            scale = sum(norms) / self.n if self.rescale else 1.0
             agg = sum(wi / total * scale / nrm * g for wi, nrm, g in zip(w, norms, grads))
         else:
             agg = mean

@@ -9,16 +9,19 @@ whole flattened model. Centralized, like `allreduce`: every agent applies the sa
     m       = sort(a)  at the first step,  beta m + (1 - beta) sort(a)  after      # subspace momentum
     w       = m mapped back by the inverse permutation: the agent with the k-th smallest a_i gets m_k
     alpha   = w / sum_j w_j                                    # weights sum to 1 (unbiasedness)
-    g       = s sum_i alpha_i g_i / (||g_i|| + eps),   s = (1/N) sum_i (||g_i|| + eps)
+    g       = sum_i alpha_i g_i / (||g_i|| + eps)               # a combination of unit directions
     X^{t+1} = X^t - lr D(g)                                    # each row; D the local optimizer
 
-Two deliberate differences from the sample code (ALGORITHMS.md 7): it gathers m with the sort
-permutation itself (`m[sorted_idx]`), which is the inverse mapping only when the permutation is an
-involution; and its aggregate is a combination of unit directions (its example pairs it with a
-line-search step size). The scale s, the mean gradient norm, gives the step the size of the averaged
-gradient, so lr means what it means for `allreduce`, and identical gradients give `allreduce` exactly.
-When sum_j w_j <= GUARD sum_j |w_j| (conflicting gradients; the code has no guard) the round falls back
-to g_bar. Communication: two ring all-reduces of P floats and an all-gather of N scalars per agent.
+One deliberate difference from the sample code (ALGORITHMS.md 7): it gathers m with the sort permutation
+itself (`m[sorted_idx]`), which is the inverse mapping only when the permutation is an involution. When
+sum_j w_j <= GUARD sum_j |w_j| (conflicting gradients; the code has no guard) the round falls back to g_bar.
+
+The aggregate has about unit norm, whatever the gradients' size (the sample code pairs it with a
+line-search step size): under plain SGD, lr is a step length, not allreduce's lr. rescale=True (not in
+the paper) multiplies g by s = (1/N) sum_i (||g_i|| + eps), the mean gradient norm: the step gets the
+size of the averaged gradient, lr means what it means for `allreduce`, and identical gradients give
+`allreduce` exactly.
+Communication: two ring all-reduces of P floats and an all-gather of N scalars per agent.
 """
 from __future__ import annotations
 
@@ -40,8 +43,8 @@ class AdaConsState(NamedTuple):
 
 
 @register("adacons")
-def adacons(lr, beta: float = 0.99, eps: float = 1e-8, momentum: float = 0.0, nesterov: bool = False,
-            weight_decay: float = 0.0):
+def adacons(lr, beta: float = 0.99, eps: float = 1e-8, rescale: bool = False, momentum: float = 0.0,
+            nesterov: bool = False, weight_decay: float = 0.0):
     opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
 
     def init(x0: torch.Tensor) -> AdaConsState:
@@ -59,7 +62,8 @@ def adacons(lr, beta: float = 0.99, eps: float = 1e-8, momentum: float = 0.0, ne
         w = torch.empty_like(m).scatter_(0, order, m)  # w[order[k]] = m[k]
         total = w.sum()
         ok = total > GUARD * w.abs().sum()
-        agg = torch.where(ok, (w / total * norms.mean() / norms) @ g, g_bar)  # (P,)
+        scale = norms.mean() if rescale else 1.0
+        agg = torch.where(ok, (w / total * scale / norms) @ g, g_bar)  # (P,)
         d, buf = opt.direction(state.x, agg.expand(n, p), state.buf)
         x = descend_(state.x, d, schedule(rnd.t))
         bits = (2 * 2 * (n - 1) / n * BITS_PER_VALUE * p + BITS_PER_VALUE * (n - 1))

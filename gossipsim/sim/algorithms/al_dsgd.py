@@ -4,8 +4,8 @@ its active neighbours (itself included): the one with the lowest training loss a
 Paper: He, Wang, Choromanska, "AL-DSGD: Adjacent Leader Decentralized Stochastic Gradient Descent",
 arXiv 2405.11389. Base: the round's W (D-PSGD on a static topology, MATCHA on `BASE+matcha:CB`); the
 dynamic graphs are the topology `BASE+rotate` (graphs.rotating). With one-hot leader selectors A_N
-(lowest minibatch loss at X^t) and A_tau (highest active degree), ties to the agent itself, then the
-lowest index:
+(lowest minibatch loss at X^t) and A_tau (highest active degree), ties to the agent itself, then to the
+neighbour whose matching comes first (as the official code lists them; Mixing.order):
 
 variant="code" (default; the official code, HectorHHZ/Adjacent_Leader_Dencentralized_SGD, which
 produced the paper's numbers): the pull is a fixed fraction, applied after averaging
@@ -32,17 +32,16 @@ from ..local import LocalSGD, as_schedule, descend_
 from .base import BITS_PER_VALUE, Round, SGDState, register
 
 
-def leaders(W: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+def leaders(W: torch.Tensor, score: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Each agent's argmin of `score` (N,) over itself and its active neighbours in W (N, N); ties go to the
-    agent itself, then to the lowest index. (N,) int64."""
+    first in its list, `order` (N, N) (Mixing.order: itself, then its neighbours by matching). (N,) int64."""
     n = W.shape[0]
     A = W != 0
     A.fill_diagonal_(True)
     vals = torch.where(A, score.unsqueeze(0), torch.inf)  # (N, N)
     best = vals == vals.min(1, keepdim=True).values
-    me = torch.arange(n, device=W.device)
-    mine = best.diagonal() | ~best.any(1)  # a NaN loss picks no one: stay with oneself
-    return torch.where(mine, me, best.to(torch.uint8).argmax(1))
+    first = torch.where(best, order, 4 * n * n).argmin(1)  # order is below 2 N^2 + 1
+    return torch.where(best.any(1), first, torch.arange(n, device=W.device))  # a NaN loss: stay with oneself
 
 
 @register("al_dsgd")
@@ -62,8 +61,8 @@ def al_dsgd(lr, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0
 
     def step(state: SGDState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
-        W, deg = rnd.mixing.dense(), rnd.mixing.degrees  # (N, N), (N,)
-        best, hub = leaders(W, loss.to(W.dtype)), leaders(W, -deg.to(W.dtype))  # (N,) leader indices
+        W, deg, order = rnd.mixing.dense(), rnd.mixing.degrees, rnd.mixing.order  # (N, N), (N,), (N, N)
+        best, hub = leaders(W, loss.to(W.dtype), order), leaders(W, -deg.to(W.dtype), order)  # (N,) leaders
         # a per-row switch, not a branch, so the round index never has to leave the device
         on = ((rnd.t % every == 0) & (deg > 0)).to(state.x.dtype).unsqueeze(1)  # (N, 1)
         d, buf = opt.direction(state.x, g, state.buf)
