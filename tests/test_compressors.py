@@ -184,8 +184,9 @@ def test_specs():
     assert repr(kernels.parse("rand_k:0.05,scaled", per="layer").with_layers((3, 4))) == "rand_k(0.05, scaled)"
     assert kernels.parse("dithered:4").encoding == "elias-golomb" and kernels.parse("sign").per == "model"
     for bad, needle in [("topk:0.1", "unknown compressor 'topk'"), ("qsgd:x", "numbers like qsgd:16"),
-                        ("qsgd:4.5", "whole number"), ("top_k:0.1,0.2", "numbers like top_k:0.01"),
-                        ("qsgd:0", "levels")]:
+                        ("qsgd:4.5", "whole number"), ("top_k:0.1,0.2", "too many numbers; .* like top_k:0.01"),
+                        ("qsgd:0", "levels"), ("sign:3", "too many numbers; .* like sign"),
+                        ("identity:1", "too many numbers"), ("top_k:0.1,scaled", "top_k has no scaled form")]:
         with pytest.raises(ConfigError, match=needle):
             kernels.parse(bad)
 

@@ -2,6 +2,7 @@
 and CHOCO-Gossip's linear convergence."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import networkx as nx
@@ -194,6 +195,14 @@ def test_bad_hyperparameters_get_one_line():
         sim.algorithms.make("malcom_psgd", lr=0.1, mu=-1)
     with pytest.raises(ConfigError, match="every must be an integer >= 1, got 0"):
         sim.algorithms.make("al_dsgd", lr=0.1, every=0)
+    for name, key, value, interval in [("choco", "gamma", float("nan"), "(0, 1]"), ("choco", "gamma", 2, "(0, 1]"),
+                                       ("choco_parallel", "gamma", 0, "(0, 1]"),
+                                       ("malcom_psgd", "gamma", float("inf"), "(0, 1]"),
+                                       ("adagossip", "gamma", -1, "(0, inf)"), ("adagossip", "beta", 1, "[0, 1)"),
+                                       ("adagossip", "eps", 0, "(0, inf)"), ("adacons", "beta", -0.5, "[0, 1]"),
+                                       ("adacons", "eps", float("inf"), "(0, inf)")]:
+        with pytest.raises(ConfigError, match=f"{name} {key} must be in {re.escape(interval)}, got {value!r}"):
+            sim.algorithms.make(name, lr=0.1, **{key: value})
 
 
 def test_config_keys_reach_the_algorithm_and_misplaced_ones_are_refused():

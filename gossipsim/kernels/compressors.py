@@ -469,11 +469,11 @@ def dithered(levels: int = 16, scaled: bool = False, per: str = "model", encodin
 
 # name -> (factory of the numbers after ':' and the word `scaled`, an example)
 SPECS = {
-    "identity": (lambda nums, scaled, **kw: identity(**kw), "identity"),
+    "identity": (lambda nums, scaled, **kw: identity(*nums, **kw), "identity"),
     "top_k": (lambda nums, scaled, **kw: top_k(*nums, **kw), "top_k:0.01"),
     "rand_k": (lambda nums, scaled, **kw: rand_k(*nums, scaled=scaled, **kw), "rand_k:0.01,scaled"),
     "qsgd": (lambda nums, scaled, **kw: qsgd(*map(_whole, nums), scaled=scaled, **kw), "qsgd:16,scaled"),
-    "sign": (lambda nums, scaled, **kw: sign(**kw), "sign"),
+    "sign": (lambda nums, scaled, **kw: sign(*nums, **kw), "sign"),
     "top_k_qsgd": (lambda nums, scaled, **kw: top_k_qsgd(*nums[:1], *map(_whole, nums[1:]), scaled=scaled, **kw),
                    "top_k_qsgd:0.01,16"),
     "dithered": (lambda nums, scaled, **kw: dithered(*map(_whole, nums), scaled=scaled, **kw), "dithered:16,scaled"),
@@ -496,6 +496,8 @@ def parse(spec: str, per: str = "model") -> Compressor:
     build, example = SPECS[name]
     words = [w.strip() for w in rest.split(",") if w.strip()]
     scaled = "scaled" in words
+    if scaled and name in ("identity", "top_k", "sign"):
+        raise ConfigError(f"compressor {spec!r}: {name} has no scaled form; e.g. {example}")
     try:
         nums = [float(w) for w in words if w != "scaled"]
     except ValueError:
@@ -503,4 +505,4 @@ def parse(spec: str, per: str = "model") -> Compressor:
     try:
         return build(nums, scaled, per=per)
     except TypeError:  # too many numbers for the factory
-        raise ConfigError(f"compressor {spec!r}: expected numbers like {example}") from None
+        raise ConfigError(f"compressor {spec!r}: too many numbers; it is written like {example}") from None

@@ -25,12 +25,13 @@ Communication: two ring all-reduces of P floats and an all-gather of N scalars p
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
 from ..local import LocalSGD, as_schedule, descend_
-from .base import BITS_PER_VALUE, Round, register
+from .base import BITS_PER_VALUE, Round, check_range, register
 
 GUARD = 1e-3  # weights may cancel to at most 1/GUARD times their sum before AdaCons gives up on a round
 
@@ -45,6 +46,8 @@ class AdaConsState(NamedTuple):
 @register("adacons")
 def adacons(lr, beta: float = 0.99, eps: float = 1e-8, rescale: bool = False, momentum: float = 0.0,
             nesterov: bool = False, weight_decay: float = 0.0):
+    check_range("adacons", "beta", beta, 0, 1)
+    check_range("adacons", "eps", eps, 0, math.inf, low_open=True, high_open=True)
     opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
 
     def init(x0: torch.Tensor) -> AdaConsState:

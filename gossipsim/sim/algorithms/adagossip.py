@@ -17,13 +17,14 @@ time-varying W this uses the round's W. Communication: as CHOCO, one compressed 
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
 from ... import kernels
 from ..local import descend_
-from .base import Round, register
+from .base import Round, check_range, register
 from .choco import _parts
 
 
@@ -38,6 +39,9 @@ class AdaGossipState(NamedTuple):
 def adagossip(lr, gamma: float = 1.0, beta: float = 0.999, eps: float = 1e-8,
               compressor: kernels.Compressor | None = None, momentum: float = 0.0, nesterov: bool = False,
               weight_decay: float = 0.0):
+    check_range("adagossip", "gamma", gamma, 0, math.inf, low_open=True, high_open=True)
+    check_range("adagossip", "beta", beta, 0, 1, high_open=True)
+    check_range("adagossip", "eps", eps, 0, math.inf, low_open=True, high_open=True)
     opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
 
     def init(x0: torch.Tensor) -> AdaGossipState:

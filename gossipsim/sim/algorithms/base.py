@@ -46,6 +46,17 @@ class Algorithm(NamedTuple):
 _REGISTRY: dict[str, Callable[..., Algorithm]] = {}
 
 
+def check_range(algorithm: str, key: str, value: float, low: float, high: float, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """One ConfigError naming the algorithm, the key, the interval and the value, unless low <= value <= high
+    (strict on an open side); NaN is never in range."""
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{algorithm} {key} must be in {interval}, got {value!r}")
+
+
 def register(name: str, replace: bool = False) -> Callable:
     """Decorator: register a factory `f(**hyper) -> (init, step)` under `name`. replace=True lets a notebook cell
     that defines an algorithm run again; otherwise a second registration of a name is an error."""

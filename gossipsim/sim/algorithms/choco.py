@@ -28,7 +28,7 @@ import torch
 
 from ... import kernels
 from ..local import LocalSGD, as_schedule, descend_
-from .base import Round, register
+from .base import Round, check_range, register
 
 
 class ChocoState(NamedTuple):
@@ -48,6 +48,7 @@ def _parts(lr, momentum, nesterov, weight_decay, compressor):
 @register("choco")
 def choco(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, momentum: float = 0.0,
           nesterov: bool = False, weight_decay: float = 0.0):
+    check_range("choco", "gamma", gamma, 0, 1, low_open=True)
     opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
 
     def init(x0: torch.Tensor) -> ChocoState:
@@ -67,6 +68,7 @@ def choco(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, 
 @register("choco_parallel")
 def choco_parallel(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, momentum: float = 0.0,
                    nesterov: bool = False, weight_decay: float = 0.0):
+    check_range("choco_parallel", "gamma", gamma, 0, 1, low_open=True)
     opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
 
     def init(x0: torch.Tensor) -> ChocoState:

@@ -23,7 +23,7 @@ import torch
 from ... import kernels
 from ...errors import ConfigError
 from ..local import descend_
-from .base import Round, register
+from .base import Round, check_range, register
 from .choco import ChocoState, _parts
 
 
@@ -32,6 +32,7 @@ def malcom_psgd(lr, mu: float = 1e-5, gamma: float = 0.05, compressor: kernels.C
                 momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
     if not mu >= 0:
         raise ConfigError(f"malcom_psgd mu (the l1 weight) must be >= 0, got {mu}")
+    check_range("malcom_psgd", "gamma", gamma, 0, 1, low_open=True)
     opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay,
                                  kernels.dithered(16, scaled=True) if compressor is None else compressor)
 
