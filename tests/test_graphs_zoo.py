@@ -92,7 +92,7 @@ def test_specs(spec, n, name):
 @pytest.mark.parametrize("spec,n,needle", [("tours", 8, "did you mean 'torus'"), ("dyck", 16, "32 agents"),
                                            ("hypercube", 12, "power of two"), ("ring:a", None, "numbers"),
                                            ("torus:4", None, "needs 2"), ("erdos_renyi:10,0.01", None, "disconnected"),
-                                           ("circulant:1,4", None, "number of agents"),
+                                           ("circulant:1,4", None, "number of agents"), ("torus", 7, "torus:1x7"),
                                            ("circulant:16", 16, r"\[1, 15\]")])
 def test_bad_specs(spec, n, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -106,6 +106,9 @@ def _static(spec: str, n: int | None, weights: str, seed: int):
 def _size_from_n(name: str, n: int) -> list[int]:
     if name in ("torus", "grid"):
         r = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+        if r == 1:  # 1 x n would be a ring (torus) or a path (grid) under another name
+            raise ConfigError(f"{name} with agents={n}: no r x c = {n} with both sides >= 2; give {name}:1x{n} "
+                              f"for a single row, or another number of agents")
         return [r, n // r]
     if name == "hypercube":
         d = n.bit_length() - 1
