@@ -58,6 +58,7 @@ SETUPS = {
     "allreduce": [
         ("allreduce (mean)", {}),
         ("adacons", dict(algorithm="adacons")),
+        ("adacons, rescaled", dict(algorithm="adacons", rescale=True)),
     ],
 }
 FILES = {"compression": "compression_ring16", "leaders": "leaders_er16", "allreduce": "allreduce16"}
