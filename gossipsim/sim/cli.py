@@ -68,7 +68,7 @@ def cmd_run(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print("usage: gossipsim run [CONFIG.toml] [--key=value ...]\n"
               "       gossipsim run --resume=DIR [--rounds=R] [--eval_every=K ...]\n\n"
-              "With no arguments: the quickstart (dsgd, dpsgd, allreduce and local on a ring of 16 agents,\n"
+              "With no arguments: the quickstart (every built-in algorithm on a ring of 16 agents,\n"
               "built-in synthetic dataset), a results table and runs/quickstart/.\n\n" + _keys_help())
         return 0
     if not argv:
