@@ -97,9 +97,12 @@ def test_config_conversions_and_errors():
 
 def test_an_unwritable_out_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    assert main(["run", "--agents=3", "--rounds=2", f"--out={tmp_path / 'file' / 'r'}"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("gossipsim: error: ") and err.count("\n") == 1 and "file" in err, err
+    for argv in (["run", "--agents=3", "--rounds=2", f"--out={tmp_path / 'file' / 'r'}"],
+                 ["graphs", "ring:8", f"--draw={tmp_path / 'file' / 'g.png'}"],
+                 ["graphs", "ring:8", f"--draw={tmp_path / 'g.txt'}"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("gossipsim: error: ") and err.count("\n") == 1 and ("file" in err or ".png" in err), err
 
 
 def test_unknown_commands_get_the_closest_one(capsys):
@@ -109,3 +112,14 @@ def test_unknown_commands_get_the_closest_one(capsys):
     assert err[0] == ("gossipsim: error: unknown command 'swep' (did you mean 'sweep'?); commands: run, sweep, plot, "
                       "graphs, bench")
     assert len(err) == 2 and err[1].startswith("gossipsim: error: unrecognized arguments: --nope")
+
+
+def test_plot_of_exact_averaging_and_a_bad_image_suffix(tmp_path, capsys):
+    """allreduce's consensus distance is 0 at every evaluation: nothing for the log axis, still a plot."""
+    run = tmp_path / "r"
+    assert main(["run", "--algorithm=allreduce", "--agents=3", "--rounds=2", "--eval_every=1", "--batch_size=4",
+                 "--eval_samples=50", "--progress=false", f"--out={run}"]) == 0
+    assert main(["plot", str(run), f"--out={tmp_path / 'p.png'}"]) == 0 and (tmp_path / "p.png").stat().st_size
+    capsys.readouterr()
+    assert main(["plot", str(run), f"--out={tmp_path / 'p.txt'}"]) == 2
+    assert "one of .png, .pdf, .svg" in capsys.readouterr().err

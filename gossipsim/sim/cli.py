@@ -152,7 +152,7 @@ def cmd_plot(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="the PNG (default: plot.png in the first directory)")
     ns = parser.parse_args(argv)
     runs = results.find_runs(ns.dirs)
-    path = results.plot(runs, ns.out or f"{ns.dirs[0]}/plot.png")
+    path = results.plot(runs, _image("--out", ns.out or f"{ns.dirs[0]}/plot.png"))
     groups = results.group(runs)
     print(f"{len(runs)} runs in {len(groups)} groups drawn to {path}")
     return 0
@@ -195,6 +195,7 @@ def cmd_graphs(argv: list[str]) -> int:
             steps = math.ceil(math.log(1e-2) / math.log(r)) if r < 1 else math.inf
         print(f"| {spec} | {topo.n} | {degree} | {diameter} | {gap} | {r:.4f} | {worst:.4f} | {steps} |")
     if ns.draw:
+        _image("--draw", ns.draw)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -280,6 +281,19 @@ def _main(argv: list[str], handlers) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"gossipsim: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
+    except MemoryError as e:  # e.g. the dense (N, N) mixing matrix of a huge topology
+        print(f"gossipsim: error: out of host memory: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+
+
+def _image(flag: str, path: str) -> str:
+    """path, if matplotlib can write an image by its suffix; else one ConfigError naming the flag."""
+    if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
+        raise ConfigError(f"{flag}={path}: an image file is written by its suffix, one of {', '.join(IMAGE_SUFFIXES)}")
+    return path
+
+
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def _interrupt(signum, frame) -> None:

@@ -145,6 +145,7 @@ def plot(runs: list[Run], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax_round, ax_bits, ax_cons) = plt.subplots(1, 3, figsize=(15, 4))
+    apart = False  # any group whose agents disagree: else the log axis below has nothing to show
     for label, members in group(runs).items():
         seeds = f" ({len(members)} seeds)" if len(members) > 1 else ""
         rounds, bits, acc, acc_std = mean_std(members, "test_acc")
@@ -157,12 +158,13 @@ def plot(runs: list[Run], path: str | Path) -> Path:
                              color=line.get_color(), alpha=0.2, linewidth=0)
         _, _, cons, cons_std = mean_std(members, "consensus")
         cons[cons == 0] = np.nan  # exact averaging (all-reduce) has distance 0, which a log axis cannot show
+        apart = apart or bool(np.nanmax(cons, initial=0) > 0)
         ax_cons.plot(rounds, cons, color=line.get_color())
         ax_cons.fill_between(rounds, np.maximum(cons - cons_std, cons * 1e-3), cons + cons_std,
                              color=line.get_color(), alpha=0.2, linewidth=0)
     ax_round.set(xlabel="round", ylabel="test accuracy of the averaged model (%)")
     ax_bits.set(xlabel="bits sent per agent", ylabel="test accuracy (%)", xscale="log")
-    ax_cons.set(xlabel="round", ylabel="consensus distance", yscale="log")
+    ax_cons.set(xlabel="round", ylabel="consensus distance", yscale="log" if apart else "linear")
     for ax in (ax_round, ax_bits, ax_cons):
         ax.grid(alpha=0.3)
     fig.tight_layout()
