@@ -29,7 +29,7 @@ import torch
 
 from ...errors import ConfigError
 from ..local import LocalSGD, as_schedule, descend_
-from .base import BITS_PER_VALUE, Round, SGDState, register
+from .base import BITS_PER_VALUE, Round, SGDState, check_range, register
 
 
 def leaders(W: torch.Tensor, score: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -50,8 +50,7 @@ def al_dsgd(lr, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0
     if variant not in ("code", "paper"):
         raise ConfigError(f"al_dsgd variant must be 'code' or 'paper', got {variant!r}")
     for name, v in (("c1", c1), ("c2", c2), ("p1", p1), ("p2", p2), ("c1 + c2", c1 + c2)):
-        if not 0 <= v <= 1:
-            raise ConfigError(f"al_dsgd {name} must be in [0, 1], got {v}")
+        check_range("al_dsgd", name, v, 0, 1)
     if not isinstance(every, int) or every < 1:
         raise ConfigError(f"al_dsgd every must be an integer >= 1, got {every!r}")
     opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)
