@@ -61,6 +61,7 @@ SETUPS = {
         ("adacons, rescaled", dict(algorithm="adacons", rescale=True)),
     ],
 }
+DEFAULT_SEEDS = [0, 1, 2]
 FILES = {"compression": "compression_ring16", "leaders": "leaders_er16", "allreduce": "allreduce16"}
 
 
@@ -106,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("setups", nargs="*", metavar="SETUP", help=f"some of {', '.join(SETUPS)} (default: all)")
     ap.add_argument("--scale", choices=("cpu", "gpu"), default="cpu")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
     ap.add_argument("--rounds", type=int, default=None, help="override the config's rounds (a quick look)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "reproduce.json"))
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
@@ -114,7 +115,10 @@ def main() -> None:
     for setup in args.setups:
         if setup not in SETUPS:
             ap.error(f"unknown setup {setup!r}; accepted: {', '.join(SETUPS)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds {args.seeds!r}: accepted: seeds separated by commas, like 0,1,2")
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: accepted: a positive number of processes")
     results = json.loads(Path(args.json).read_text()) if Path(args.json).exists() else {}
@@ -128,6 +132,9 @@ def main() -> None:
             base["rounds"] = args.rounds
             name = f"{file}@{args.rounds}rounds"
         bases[setup] = file, name, base
+    # a run over other seeds is its own JSON entry: one seed must not write over the mean of three. Run
+    # directories are per seed already, so every seed's run is shared between entries.
+    entry = "" if seeds == DEFAULT_SEEDS else "@seeds" + "-".join(map(str, seeds))
     tasks = [({**base, **keys, "seed": seed}, out_dir(name, label, seed))
              for setup, (_, name, base) in bases.items() for label, keys in SETUPS[setup] for seed in seeds]
     train_all(tasks, args.jobs)
@@ -145,9 +152,9 @@ def main() -> None:
                              acc_mean=statistics.mean(accs), acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
                              bits=statistics.mean(f["bits_per_agent"] for f in finals),
                              sparsity=statistics.mean(f.get("sparsity", 0.0) for f in finals)))
-        results[name] = {"config": f"configs/{file}.toml", "rows": rows}
+        results[name + entry] = {"config": f"configs/{file}.toml", "rows": rows}
         where = f"{base['topology']}, " if "topology" in base else ""
-        print(f"\n{name}: {base['agents']} agents, {where}{base['rounds']} rounds, seeds {args.seeds}\n\n"
+        print(f"\n{name + entry}: {base['agents']} agents, {where}{base['rounds']} rounds, seeds {args.seeds}\n\n"
               + table(rows) + "\n", flush=True)
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

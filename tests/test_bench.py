@@ -22,9 +22,22 @@ def test_bench_writes_a_report_with_the_device_versions_and_each_scripts_tables(
     assert "## Gossip\n\nthe gossip product.\n\n`python benchmarks/gossip.py --device cpu --quick`" in report
     assert "| ring64 | 64 | 60000 |" in report  # the script's own table
     assert "## Broken" in report and "(failed with exit status 2" in report
-    assert json.loads((tmp_path / "results" / "gossip.json").read_text())["rows"]
+    assert json.loads((tmp_path / "results-quick" / "gossip.json").read_text())["rows"]
     assert "| ring64 |" in capsys.readouterr().out  # shown as it runs
     assert not (tmp_path / "RESULTS.md.tmp").exists()
+
+
+def test_a_quick_bench_never_writes_over_the_full_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "SCRIPTS", [("Broken", "no_such_script.py", "a script that fails")])
+    monkeypatch.setattr(bench, "source_root", lambda: tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    full = tmp_path / "benchmarks" / "RESULTS.md"
+    full.write_text("the full report")
+    assert bench.run(quick=True, device="cpu") == tmp_path / "benchmarks" / "RESULTS-quick.md"
+    assert full.read_text() == "the full report"
+    assert (tmp_path / "benchmarks" / "RESULTS-quick.md").read_text().startswith("# Benchmark results")
+    assert (tmp_path / "benchmarks" / "results-quick").is_dir() and not (tmp_path / "benchmarks" / "results").exists()
+    assert bench.run(quick=False, device="cpu") == full and full.read_text().startswith("# Benchmark results")
 
 
 def test_scaling_plot_from_throughput_json(tmp_path):

@@ -78,6 +78,16 @@ def test_quickstart_at_tiny_size(tmp_path):
     table = experiment.results_table(rows)
     assert table.count("\n") == 1 + len(rows)
     assert rows[2]["consensus"] == 0.0  # all-reduce keeps every agent on the same model
+    # again with the same settings: its own earlier runs are replaced; with others they are the user's results
+    small = dict(progress=False, rounds=4, eval_every=2, agents=4, batch_size=4, eval_samples=200)
+    again, _ = experiment.quickstart(tmp_path / "qs", algorithms=("dsgd",), **small)
+    assert again[0]["test_acc"] == rows[0]["test_acc"]
+    kept = (tmp_path / "qs" / "dsgd" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"qs/dsgd' holds an earlier run with other rounds: remove it"):
+        experiment.quickstart(tmp_path / "qs", algorithms=("dsgd",), **{**small, "rounds": 6})
+    assert (tmp_path / "qs" / "dsgd" / "metrics.jsonl").read_text() == kept
+    with pytest.raises(ConfigError, match="quickstart algorithm 'nope': accepted: dsgd, "):
+        experiment.quickstart(tmp_path / "qs", algorithms=("nope",), **small)
 
 
 def test_config_conversions_and_errors():

@@ -4,7 +4,8 @@ The benchmarks are the flat scripts of the source tree's benchmarks/ (each print
 writes its raw numbers to JSON). This runs them one after another, each in a fresh process, shows their
 output as it comes, and puts their tables under one header that says on what, with what and when they
 ran. The JSON files go to benchmarks/results/; RESULTS.md is replaced only once every script has run, so
-an interrupted bench leaves the previous one whole.
+an interrupted bench leaves the previous one whole. `--quick` writes RESULTS-quick.md and results-quick/
+instead, so a quick look never replaces the full report.
 """
 from __future__ import annotations
 
@@ -106,14 +107,16 @@ def scaling_plot(throughput_json: Path, png: Path) -> None:
 
 def run(quick: bool = False, device: str | None = None, out: str | Path | None = None) -> Path:
     """Runs every benchmark script and writes RESULTS.md (default benchmarks/RESULTS.md, and
-    benchmarks/RESULTS-cuda.md on a GPU); returns its path."""
+    benchmarks/RESULTS-cuda.md on a GPU; RESULTS-quick.md and RESULTS-cuda-quick.md with `quick`); returns
+    its path."""
     root = source_root()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device=cuda but torch sees no CUDA device; accepted here: cpu")
-    default = "RESULTS.md" if dev.type == "cpu" else f"RESULTS-{dev.type}.md"  # one report per kind of device
+    # one report per kind of device; a quick look never writes over the full report kept in the repository
+    default = ("RESULTS" if dev.type == "cpu" else f"RESULTS-{dev.type}") + ("-quick" if quick else "") + ".md"
     out = Path(out) if out is not None else root / "benchmarks" / default
-    results = out.parent / "results"
+    results = out.parent / ("results-quick" if quick else "results")  # the full report's raw numbers stay too
     results.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now()
     sections = []

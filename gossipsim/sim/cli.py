@@ -222,7 +222,8 @@ def cmd_bench(argv: list[str]) -> int:
                                      "benchmarks/RESULTS.md (tables, device, versions, date) and scaling.png.")
     parser.add_argument("--quick", action="store_true", help="fewer sizes and shorter timing (< 2 min on 2 cores)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when present")
-    parser.add_argument("--out", default=None, help="the report's path (default benchmarks/RESULTS.md)")
+    parser.add_argument("--out", default=None, help="the report's path (default benchmarks/RESULTS.md; "
+                        "with --quick, benchmarks/RESULTS-quick.md)")
     ns = parser.parse_args(argv)
     bench.run(quick=ns.quick, device=ns.device, out=ns.out)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import re
 import shutil
 import time
@@ -112,12 +113,15 @@ def quickstart(out: str | Path = "runs/quickstart", progress: bool = True, algor
     from .metrics import plot_curves
 
     out = Path(out)
+    names = tuple(QUICKSTART_ALGORITHMS) if algorithms is None else tuple(algorithms)
+    for name in names:
+        if name not in QUICKSTART_ALGORITHMS:
+            raise ConfigError(f"quickstart algorithm {name!r}: accepted: {', '.join(QUICKSTART_ALGORITHMS)}")
     rows, curves = [], {}
-    for name in algorithms or tuple(QUICKSTART_ALGORITHMS):
-        if (out / name / "metrics.jsonl").exists():  # the quickstart's own earlier run: same seed, same numbers
-            shutil.rmtree(out / name)
+    for name in names:
         cfg = Config.from_dict({**QUICKSTART, **QUICKSTART_ALGORITHMS[name], **overrides, "algorithm": name,
                                 "out": str(out / name), "progress": progress})
+        _replace_own_run(out / name, cfg)
         engine = build(cfg)
         history = engine.run(cfg.rounds)
         # same model, agents and batch every time: measure the backend once (1.4 s), not once an algorithm
@@ -126,6 +130,26 @@ def quickstart(out: str | Path = "runs/quickstart", progress: bool = True, algor
         rows.append({"algorithm": name, **history[-1], "samples_per_s": engine.summary()["samples_per_s"],
                      "backend": engine.model.backend})
     return rows, plot_curves(curves, out / "comparison.png")
+
+
+def _replace_own_run(path: Path, cfg: Config) -> None:
+    """Removes the quickstart's earlier run in `path` when it has these settings (retraining gives the same
+    numbers); a run with other settings is results the user has, so that is refused instead."""
+    if not (path / "metrics.jsonl").exists():
+        return
+    try:
+        earlier = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        earlier = None
+    # the backend is picked by measuring (auto), so it may differ between two runs of the same settings
+    now = json.loads(json.dumps(cfg.to_dict(), default=str))
+    ignored = ("backend", "progress")
+    changed = sorted(k for k in now if k not in ignored and (earlier or {}).get(k, object()) != now[k])
+    if earlier is None or changed:
+        what = "no readable config.json" if earlier is None else f"other {', '.join(changed)}"
+        raise ConfigError(f"{str(path)!r} holds an earlier run with {what}: remove it, or give the quickstart "
+                          "another out")
+    shutil.rmtree(path)
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:
