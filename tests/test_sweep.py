@@ -103,10 +103,13 @@ def test_groups_over_seeds_and_their_bands(tmp_path, sweep_file):
     ("[grid]\nseed = [0]\n[choc]\ngamma = 1\n", "table [choc] is not [grid] nor an algorithm (did you mean [choco]?)"),
     ("[grid]\nagnets = [4]\n", "did you mean 'agents'"),
     ("[grid\n", "not valid TOML"),
+    ("[grid]\nseed = [0]\n[dsgd]\ngamma = 0.5\n", "[dsgd] sets gamma, which dsgd does not take; its keys: lr, "),
+    ("out = 5\n[grid]\nseed = [0]\n", "out = 5; accepted: a directory path in quotes"),
 ])
 def test_bad_sweep_files_exit_2_before_anything_runs(text, needle, tmp_path, capsys):
     path = tmp_path / "bad.toml"
-    path.write_text(f"out = '{tmp_path / 'never'}'\n" + text if not text.startswith("[grid\n") else text)
+    own_out = text.startswith(("[grid\n", "out ="))
+    path.write_text(text if own_out else f"out = '{tmp_path / 'never'}'\n" + text)
     assert main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err, err
@@ -146,3 +149,28 @@ def test_a_half_finished_run_is_not_resumed_under_a_changed_sweep_file(tmp_path,
     assert "restore the sweep file" in err
     path.write_text(text)
     assert main(["sweep", str(path)]) == 0
+
+
+def test_a_finished_run_does_not_count_for_a_changed_sweep_file(tmp_path, capsys):
+    path = tmp_path / "grid.toml"
+    text = (f"out = '{tmp_path / 'sweep'}'\nrounds = 2\nagents = 3\nbatch_size = 4\neval_every = 2\n"
+            "eval_samples = 50\nbackend = 'vmap'\n[grid]\nseed = [0]\n[dsgd]\nlr = 0.2\n")
+    path.write_text(text)
+    assert main(["sweep", str(path)]) == 0
+    run = tmp_path / "sweep" / "seed=0"
+    kept = (run / "metrics.jsonl").read_text()
+    path.write_text(text.replace("lr = 0.2", "lr = 0.3"))
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--list"]) == 0
+    assert "changed      seed=0" in capsys.readouterr().out
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seed=0: finished with lr = 0.2 (now 0.3); restore the sweep file" in err
+    assert (run / "metrics.jsonl").read_text() == kept
+    # a key a resumed run may change (eval_every) still counts as the same run
+    path.write_text(text.replace("eval_every = 2", "eval_every = 1"))
+    assert main(["sweep", str(path), "--list"]) == 0 and "done         seed=0" in capsys.readouterr().out
+    (run / "summary.json").write_text("{cut sho")
+    assert main(["sweep", str(path), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "summary.json' is not gossipsim's JSON" in err

@@ -59,6 +59,12 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
 RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "progress", "device", "compile", "tensorboard")
 
 
+def changed_settings(config: dict[str, Any], cfg: Config, ignore: tuple[str, ...] = RESUMABLE) -> list[str]:
+    """The keys, outside `ignore`, whose value in a run's config.json differs from cfg's (a key it lacks too)."""
+    now = json.loads(json.dumps(cfg.to_dict(), default=str))  # as config.json holds it
+    return [k for k in now if k not in ignore and config.get(k, object()) != now[k]]
+
+
 def resume(run_dir: str | Path, **overrides: Any) -> Engine:
     """The Engine of the run in run_dir, at its last checkpoint; overrides may change the keys in RESUMABLE
     (rounds: the total the run goes to) and repeat any other key's value. engine.run(cfg.rounds - engine.t)
@@ -141,10 +147,8 @@ def _replace_own_run(path: Path, cfg: Config) -> None:
         earlier = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         earlier = None
-    # the backend is picked by measuring (auto), so it may differ between two runs of the same settings
-    now = json.loads(json.dumps(cfg.to_dict(), default=str))
-    ignored = ("backend", "progress")
-    changed = sorted(k for k in now if k not in ignored and (earlier or {}).get(k, object()) != now[k])
+    # the quickstart picks the backend by measuring (auto), so it may differ between two runs of the same settings
+    changed = changed_settings(earlier or {}, cfg, ignore=RESUMABLE + ("backend",))
     if earlier is None or changed:
         what = "no readable config.json" if earlier is None else f"other {', '.join(changed)}"
         raise ConfigError(f"{str(path)!r} holds an earlier run with {what}: remove it, or give the quickstart "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import json
 import re
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any
 from ..errors import ConfigError, Diverged
 from . import algorithms, checkpoint, results
 from .config import ALGORITHM_KEYS, Config, read_toml
-from .experiment import build, resume
+from .experiment import build, changed_settings, resume
 
 
 @dataclass
@@ -52,17 +51,27 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"sweep file {str(path)!r} needs a [grid] table of lists, e.g. seed = [0, 1, 2]")
     per_algorithm = {k: data.pop(k) for k in list(data) if isinstance(data[k], dict)}
-    for name in per_algorithm:
+    for name, table in per_algorithm.items():
         if name not in algorithms.names():
             match = difflib.get_close_matches(name, algorithms.names(), n=1)
             hint = f" (did you mean [{match[0]}]?)" if match else ""
             raise ConfigError(f"sweep file {str(path)!r}: table [{name}] is not [grid] nor an algorithm{hint}")
+        # top-level and grid keys go to the algorithms that take them; a table names one algorithm, so a key
+        # it does not take is a mistake, not a key for another algorithm
+        foreign = [k for k in table if k in ALGORITHM_KEYS and k not in algorithms.hyperparameters(name)]
+        if foreign:
+            taken = ", ".join(algorithms.hyperparameters(name)) or "none"
+            raise ConfigError(f"sweep file {str(path)!r}: [{name}] sets {', '.join(foreign)}, which {name} does "
+                              f"not take; its keys: {taken}")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid key {key} must be a non-empty list of values, got {values!r}")
         if len(set(map(repr, values))) < len(values):
             raise ConfigError(f"grid key {key} lists a value twice: {values!r}")
-    out = Path(data.pop("out", None) or f"runs/sweep-{Path(path).stem}")
+    out = data.pop("out", None) or f"runs/sweep-{Path(path).stem}"
+    if not isinstance(out, str):
+        raise ConfigError(f"sweep file {str(path)!r}: out = {out!r}; accepted: a directory path in quotes")
+    out = Path(out)
     keys = list(grid)
     points, seen = [], set()
     for combo in itertools.product(*grid.values()):
@@ -90,13 +99,17 @@ def _safe(value: Any) -> str:
 
 
 def status(point: Point) -> str:
-    """done (finished or diverged), resumable (a checkpoint), interrupted (files, no checkpoint) or new."""
+    """done (finished or diverged), changed (finished, with settings the sweep file no longer asks for),
+    resumable (a checkpoint), interrupted (files, no checkpoint) or new."""
     p = point.path
     # summary.json is written when a run ends (or diverges): one that reached this point's rounds is finished
     if (p / "metrics.jsonl").exists() and (p / "summary.json").exists():
-        summary = json.loads((p / "summary.json").read_text())
-        if "diverged" in summary or summary["rounds"] >= Config.from_dict(point.values).rounds:
-            return "done"
+        run = results.load_run(p)  # a file cut short or edited is one line naming it
+        want = Config.from_dict(point.values)
+        if "diverged" in run.summary or run.summary.get("rounds", -1) >= want.rounds:
+            # it counts for its point only if the sweep file still asks for its settings, but for the keys a
+            # resumed run may change (rounds: more resume it, fewer are already there)
+            return "changed" if changed_settings(run.config, want) else "done"
     if (p / checkpoint.NAME).exists():
         return "resumable"
     return "interrupted" if (p / "metrics.jsonl").exists() else "new"
@@ -105,11 +118,19 @@ def status(point: Point) -> str:
 def run(path: str | Path, progress: bool = True) -> Path:
     """Run the sweep in `path`; returns results.csv's path."""
     out, keys, points = load(path)
+    states = [status(point) for point in points]
+    for point, state in zip(points, states):
+        if state == "changed":  # before any point runs, like every other mistake in the file
+            run_ = results.load_run(point.path)
+            want = Config.from_dict(point.values)
+            was = ", ".join(f"{k} = {run_.config.get(k)!r} (now {getattr(want, k)!r})"
+                            for k in changed_settings(run_.config, want))
+            raise ConfigError(f"{point.path}: finished with {was}; restore the sweep file, or move that run "
+                              f"directory away to run it again")
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"
     diverged = 0
-    for i, point in enumerate(points, 1):
-        state = status(point)
+    for i, (point, state) in enumerate(zip(points, states), 1):
         head = f"[{i}/{len(points)}] {point.name}"
         if state == "done":
             print(f"{head}: done, skipped", file=sys.stderr)
