@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -133,3 +134,30 @@ def test_plot_of_exact_averaging_and_a_bad_image_suffix(tmp_path, capsys):
     capsys.readouterr()
     assert main(["plot", str(run), f"--out={tmp_path / 'p.txt'}"]) == 2
     assert "one of .png, .pdf, .svg" in capsys.readouterr().err
+
+
+def test_python_api_mistakes_are_config_errors_naming_the_value():
+    from gossipsim import graphs, kernels
+
+    for call, needle in [(lambda: kernels.top_k("a"), "top_k fraction kept must be a number in (0, 1], got 'a'"),
+                         (lambda: kernels.rand_k(True), "rand_k fraction kept must be a number"),
+                         (lambda: kernels.parse(None), "compressor spec None: accepted: a string, one of identity, "),
+                         (lambda: graphs.parse(3), "topology spec 3: accepted: a string like ring"),
+                         (lambda: graphs.small_world(10, 3, 0.1), "even integer 2 <= k < n"),
+                         (lambda: graphs.parse("small_world:10,3,0.1"), "got k=3")]:
+        with pytest.raises(ConfigError) as e:
+            call()
+        assert needle in str(e.value), str(e.value)
+    engine = sim.build(sim.Config(agents=3, rounds=2, batch_size=4, eval_samples=50, progress=False))
+    for rounds in ("2", -1, 2.5, True):
+        with pytest.raises(ConfigError, match=f"run\\(rounds={re.escape(repr(rounds))}\\): accepted: a whole number"):
+            engine.run(rounds)
+    assert engine.history == []  # refused before the round-0 evaluation
+    for bad, lacks in (({}, "round, algorithm, state"), ([1], "not a dict")):
+        with pytest.raises(ConfigError, match=f"not an Engine.state_dict\\(\\) \\({lacks}"):
+            engine.load_state_dict(bad)
+    state = engine.state_dict()
+    engine.load_state_dict(state)  # the real one still loads
+    with pytest.raises(ConfigError, match="norm='bn': mlp has no normalization layers to choose; models that take "
+                                          "norm: resnet18, resnet20"):
+        sim.build(sim.Config(agents=3, model="mlp", norm="bn", progress=False))

@@ -54,6 +54,8 @@ def parse(spec: str, n: int | None = None, *, weights: str = "metropolis", seed:
     """Build the topology a spec names; `n` fills in a missing size and must match a given one.
 
     Returns a Topology, or for a time-varying spec a schedule with the same interface (n, mixing(t), to)."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"topology spec {spec!r}: accepted: a string like ring, torus:4x4, exponential")
     base_spec, plus, modifier = spec.strip().partition("+")
     if not plus:
         return _static(base_spec, n, weights, seed)

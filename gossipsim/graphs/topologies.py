@@ -159,8 +159,9 @@ def random_regular(n: int, d: int, seed: int = 0, weights: str = "metropolis") -
 def small_world(n: int, k: int, p: float, seed: int = 0, weights: str = "metropolis") -> Topology:
     """Watts-Strogatz: a ring where each agent links to its k nearest, each edge rewired with probability p."""
     _check_n(n)
-    if not isinstance(k, int) or not 2 <= k < n or not 0 <= p <= 1:
-        raise ConfigError(f"small_world needs an integer 2 <= k < n and 0 <= p <= 1, got k={k!r}, p={p!r}")
+    # networkx joins k // 2 neighbours on each side, so an odd k would silently mean k - 1
+    if not isinstance(k, int) or k % 2 or not 2 <= k < n or not 0 <= p <= 1:
+        raise ConfigError(f"small_world needs an even integer 2 <= k < n and 0 <= p <= 1, got k={k!r}, p={p!r}")
     g = nx.watts_strogatz_graph(n, k, p, seed=seed)
     _check_connected(g, f"small_world({n}, {k}, {p}, seed={seed})", "lower p or try another seed")
     return _named(g, weights, f"small_world{n}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -145,6 +145,11 @@ class Identity(Compressor):
         return 1.0
 
 
+def _check_fraction(name: str, fraction: Any) -> None:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"{name} fraction kept must be a number in (0, 1], got {fraction!r}")
+
+
 def kept(d: int, fraction: float) -> int:
     """Entries a segment of d keeps: max(1, floor(d f)), as the official code's int(d (1 - ratio))."""
     return max(1, min(d, math.floor(d * fraction + 1e-9)))
@@ -163,8 +168,7 @@ class TopK(Compressor):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 < self.fraction <= 1:
-            raise ConfigError(f"top_k fraction kept must be in (0, 1], got {self.fraction!r}")
+        _check_fraction("top_k", self.fraction)
 
     def ks(self, width: int) -> list[int]:
         return [kept(d, self.fraction) for d in self.segments(width)]
@@ -253,8 +257,7 @@ class RandK(Compressor):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 < self.fraction <= 1:
-            raise ConfigError(f"rand_k fraction kept must be in (0, 1], got {self.fraction!r}")
+        _check_fraction("rand_k", self.fraction)
 
     def ks(self, width: int) -> list[int]:
         return [kept(d, self.fraction) for d in self.segments(width)]
@@ -489,6 +492,9 @@ def _whole(v: float) -> int:
 def parse(spec: str, per: str = "model") -> Compressor:
     """A compressor from its spec, as config files and the command line write it: `top_k:0.01`, `qsgd:16,scaled`,
     `rand_k:0.05`, `sign`, `identity`, `top_k_qsgd:0.01,16`, `dithered:4`."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"compressor spec {spec!r}: accepted: a string, one of "
+                          + ", ".join(example for _, example in SPECS.values()))
     name, _, rest = spec.strip().partition(":")
     if name not in SPECS:
         accepted = ", ".join(example for _, example in SPECS.values())

@@ -205,6 +205,8 @@ class Engine:
         """Run `rounds` more rounds, evaluating every eval_every rounds and after the last one, and checkpointing
         every checkpoint_every rounds and after the last one. NaN or Inf in a loss or in the parameters, found
         at an evaluation, raises Diverged; the checkpoints taken before are kept."""
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+            raise ConfigError(f"run(rounds={rounds!r}): accepted: a whole number of rounds >= 0")
         end = self.t + rounds
         if not self.history:
             self.evaluate()  # round 0: every curve starts from the common initial point
@@ -315,8 +317,15 @@ class Engine:
                 "backend": self.model.backend, "train_time": self.train_time, "setup_time": self.setup_time,
                 "compile_time": self.compile_time, "config": self.config}
 
+    # what load_state_dict reads of a state_dict()
+    state_dict_keys = ("round", "algorithm", "state", "buffers", "sampler", "augment_rng", "rng", "meter", "history",
+                       "backend", "train_time", "setup_time", "compile_time")
+
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Continue from a state_dict (a checkpoint): the next round is d["round"]."""
+        if not isinstance(d, dict) or not set(self.state_dict_keys) <= set(d):
+            lacks = ", ".join(k for k in self.state_dict_keys if k not in d) if isinstance(d, dict) else "not a dict"
+            raise ConfigError(f"not an Engine.state_dict() ({lacks}); pass what state_dict() or a checkpoint gave")
         if d["algorithm"] != self.algorithm.name:
             raise ConfigError(f"the checkpoint is of algorithm {d['algorithm']!r}, this run's is "
                               f"{self.algorithm.name!r}")

@@ -23,6 +23,10 @@ from .model import StackedModel, keep_freed_memory
 
 def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     """Load data, partition it, build model, topology and algorithm, and return the Engine."""
+    if cfg.norm is not None and "norm" not in inspect.signature(models.MODELS[cfg.model]).parameters:
+        takes = [m for m in models.names() if "norm" in inspect.signature(models.MODELS[m]).parameters]
+        raise ConfigError(f"norm={cfg.norm!r}: {cfg.model} has no normalization layers to choose; models that "
+                          f"take norm: {', '.join(takes)}")
     device = torch.device(cfg.device)
     if device.type == "cpu":
         keep_freed_memory()
