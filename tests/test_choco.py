@@ -78,7 +78,7 @@ def test_from_the_command_line(tmp_path, capsys):
     summary = (out / "summary.json").read_text()
     assert '"algorithm": "choco"' in summary
     assert main(["run", "--algorithm=choco", "--compressor=top_k:2", f"--out={out}2"]) == 2
-    assert "top_k fraction kept must be in (0, 1], got 2.0" in capsys.readouterr().err
+    assert "top_k fraction kept must be a number in (0, 1], got 2.0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("comp", ["identity", "top_k", "sign_per_layer"])

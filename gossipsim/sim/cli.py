@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib
+import importlib.util
 import math
 import signal
 import sys
@@ -51,6 +53,39 @@ def _parse_overrides(args: list[str]) -> tuple[str | None, dict[str, str]]:
     return path, values
 
 
+def _import_user_code(spec: str | None) -> None:
+    """--import=FILE.py or MODULE, several separated by commas: a user's code, typically registering algorithms,
+    run before the config is read. A missing file or module is one line; an error inside the user's code keeps
+    its traceback, which is what its author needs."""
+    for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+        if item.endswith(".py"):
+            path = Path(item).resolve()
+            if not path.is_file():
+                raise ConfigError(f"--import={item}: no such file; give a Python file or an importable module")
+            name = f"_gossipsim_user.{path.stem}_{abs(hash(str(path))):x}"
+            if name in sys.modules:  # main() called again in one process: registered already
+                continue
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        else:
+            sys.path.insert(0, str(Path.cwd()))  # as `python -m` would find it
+            try:
+                importlib.import_module(item)
+            except ModuleNotFoundError as e:
+                if e.name is None or not item.startswith(e.name):  # a missing import inside the user's module
+                    raise
+                raise ConfigError(f"--import={item}: no module {e.name!r}; give a Python file (FILE.py) or an "
+                                  f"importable module") from None
+            finally:
+                sys.path.remove(str(Path.cwd()))
+
+
 def _keys_help() -> str:
     from .config import Config
 
@@ -66,8 +101,10 @@ def cmd_run(argv: list[str]) -> int:
     from .experiment import build, quickstart, results_table, resume
 
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: gossipsim run [CONFIG.toml] [--key=value ...]\n"
+        print("usage: gossipsim run [CONFIG.toml] [--key=value ...] [--import=FILE.py]\n"
               "       gossipsim run --resume=DIR [--rounds=R] [--eval_every=K ...]\n\n"
+              "--import=FILE.py (or MODULE; several separated by commas) runs your code first, so that the\n"
+              "algorithms it registers can be named; --hyper.NAME=VALUE sets one of their own hyperparameters.\n\n"
               "With no arguments: the quickstart (every built-in algorithm on a ring of 16 agents,\n"
               "built-in synthetic dataset), a results table and runs/quickstart/.\n\n" + _keys_help())
         return 0
@@ -77,6 +114,7 @@ def cmd_run(argv: list[str]) -> int:
         print(f"\nrun directories and {plot.name} in {plot.parent}/")
         return 0
     path, overrides = _parse_overrides(argv)
+    _import_user_code(overrides.pop("import", None))
     resume_dir = overrides.pop("resume", None)
     if resume_dir is not None:
         if Path(resume_dir).is_file():
@@ -129,7 +167,10 @@ def cmd_sweep(argv: list[str]) -> int:
                      "file); run again, it skips finished runs and resumes interrupted ones.")
     parser.add_argument("file", metavar="FILE.toml")
     parser.add_argument("--list", action="store_true", help="list the points and their status; run nothing")
+    parser.add_argument("--import", dest="imports", default=None, metavar="FILE.py",
+                        help="your code that registers algorithms (or a MODULE; several separated by commas)")
     ns = parser.parse_args(argv)
+    _import_user_code(ns.imports)
     if ns.list:
         out, _, points = sweep.load(ns.file)
         for point in points:

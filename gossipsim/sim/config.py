@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import sys
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ ALGORITHM_KEYS = ("compressor", "gamma", "beta", "eps", "rescale", "c1", "c2", "
 
 def key(default: Any, help: str) -> Any:
     """A config key: its default and the one-line help `gossipsim run --help` prints."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -64,6 +65,8 @@ class Config:
     every: int | None = key(None, "AL-DSGD: rounds between leader steps")
     variant: str | None = key(None, "AL-DSGD: code (pull after averaging) | paper (lr-scaled pull in the step)")
     mu: float | None = key(None, "MALCOM-PSGD: the l1 weight (soft threshold lr*mu)")
+    hyper: dict = key({}, "a registered algorithm's hyperparameters that no key here names: a [hyper] table, or "
+                          "--hyper.NAME=VALUE (typed as the factory's default)")
     agents: int = key(16, "number of agents N")
     rounds: int = key(300, "communication rounds (one local step each)")
     lr: float = key(0.1, "learning rate")
@@ -117,10 +120,12 @@ class Config:
         from . import algorithms, models
         from .data import DATASETS
 
-        _choice("algorithm", self.algorithm, algorithms.names())
+        _choice("algorithm", self.algorithm, algorithms.names(),
+                "; one of your own: register it in a file and give --import=FILE.py")
         _choice("topology", self.topology.partition("+")[0].partition(":")[0], TOPOLOGIES)
         _choice("weights", self.weights, WEIGHTS)
         _choice("compress_per", self.compress_per, ("model", "layer"))
+        self.hyper = _typed_hyper(self.algorithm, self.hyper)
         self.algorithm_hyper(layers=None)  # bad or misplaced hyperparameters fail here, before any data is loaded
         if self.algorithm == "matcha" and "+matcha:" not in self.topology:
             raise ConfigError(f"algorithm matcha samples matchings of its topology, got topology={self.topology!r}; "
@@ -182,6 +187,7 @@ class Config:
             if k not in accepted:
                 takers = [a for a in algorithms.names() if k in algorithms.hyperparameters(a)]
                 raise ConfigError(f"{self.algorithm} has no hyperparameter {k!r}; it is for {', '.join(takers)}")
+        hyper.update(self.hyper)  # names no key of its own (_typed_hyper); make() refuses one not accepted
         if "compressor" in hyper:
             hyper["compressor"] = kernels.parse(hyper["compressor"], per=self.compress_per)
             if layers is not None and self.compress_per == "layer":
@@ -194,16 +200,22 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        """Build from raw values (TOML or strings from the command line), converting and checking types."""
+        """Build from raw values (TOML or strings from the command line), converting and checking types;
+        `hyper.NAME` keys (the command line's --hyper.NAME=VALUE) go into the hyper table."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
-        for key, value in values.items():
+        for key, value in fold_hyper(values).items():
             if key not in fields:
                 match = difflib.get_close_matches(key, fields, n=1)
                 hint = f" (did you mean {match[0]!r}?)" if match else ""
                 raise ConfigError(f"unknown key {key!r}{hint}; see `gossipsim run --help` for the keys")
             kwargs[key] = _convert(key, value, fields[key].type)
         return cls(**kwargs)
+
+
+# the keys the engine hands to an algorithm itself: hyper may not name them a second time (another key, the
+# partition's alpha say, means something else there, so hyper.alpha is an algorithm's own)
+PASSED_KEYS = ("lr", "momentum", "nesterov", "weight_decay") + ALGORITHM_KEYS
 
 
 def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
@@ -220,19 +232,67 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML file's top-level keys (nested tables are refused: the config is flat)."""
+    """A TOML file's top-level keys (nested tables are refused, but [hyper]: the config is flat)."""
     data = read_toml(path)
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "hyper":
             raise ConfigError(f"config file {str(path)!r}: table [{key}] not supported; keys are flat")
     return data
 
 
-def _choice(key: str, value: Any, accepted) -> None:
+def _choice(key: str, value: Any, accepted, more: str = "") -> None:
     if value not in accepted:
         match = difflib.get_close_matches(str(value), list(accepted), n=1)
         hint = f" (did you mean {match[0]!r}?)" if match else ""
-        raise ConfigError(f"unknown {key} {value!r}{hint}; accepted: {', '.join(accepted)}")
+        raise ConfigError(f"unknown {key} {value!r}{hint}; accepted: {', '.join(accepted)}{more}")
+
+
+def fold_hyper(values: dict[str, Any]) -> dict[str, Any]:
+    """values with each `hyper.NAME` key moved into values["hyper"] (a copy; a given table is not changed)."""
+    dotted = {k: v for k, v in values.items() if isinstance(k, str) and k.startswith("hyper.")}
+    if not dotted:
+        return values
+    table = values.get("hyper", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"hyper must be a table of NAME = VALUE, got {table!r}")
+    rest = {k: v for k, v in values.items() if k not in dotted}
+    return {**rest, "hyper": {**table, **{k.removeprefix("hyper."): v for k, v in dotted.items()}}}
+
+
+def _typed_hyper(algorithm: str, table: dict[str, Any]) -> dict[str, Any]:
+    """The hyper table checked (names that are no key of their own, flat values) and its command-line strings
+    converted: to the type of the factory's default, or, without one, to an integer, number or boolean
+    where the string reads as one."""
+    from . import algorithms
+
+    defaults = algorithms.hyperparameters(algorithm)  # validate() has checked the name
+    typed = {}
+    for name, value in table.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"hyper.{name}: a hyperparameter's name is an identifier, like alpha or num_steps")
+        if name in PASSED_KEYS:
+            raise ConfigError(f"hyper.{name}: {name} is a key of its own; set {name} = ... (--{name}=...)")
+        if isinstance(value, dict) or value is None:
+            raise ConfigError(f"hyper.{name} = {value!r}: accepted: a number, string, boolean or list")
+        default = defaults.get(name)
+        if isinstance(value, str) and isinstance(default, (bool, int, float)):
+            value = _convert(f"hyper.{name}", value, type(default).__name__)
+        elif isinstance(value, str) and (default is None or default is inspect.Parameter.empty):
+            value = _guess(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # lr = 1 in TOML for a float default
+        typed[name] = value
+    return typed
+
+
+def _guess(text: str) -> Any:
+    """A command-line string as the int, float or bool it spells, else the string."""
+    for kind in ("int", "float", "bool"):
+        try:
+            return _convert("", text, kind)
+        except ConfigError:
+            pass
+    return text
 
 
 def _convert(key: str, value: Any, kind: str) -> Any:
@@ -265,6 +325,10 @@ def _convert(key: str, value: Any, kind: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
+        if base == "dict":
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
     except (TypeError, ValueError, OverflowError):
         pass
     raise ConfigError(f"{key} must be {_describe(base)}, got {value!r}")
@@ -272,4 +336,5 @@ def _convert(key: str, value: Any, kind: str) -> Any:
 
 def _describe(base: str) -> str:
     return {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
-            "list[int]": "a list of integers such as 100,200"}.get(base, base)
+            "list[int]": "a list of integers such as 100,200",
+            "dict": "a table: NAME = VALUE lines under [hyper] in a file, or --hyper.NAME=VALUE"}.get(base, base)

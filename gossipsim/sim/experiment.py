@@ -16,7 +16,7 @@ import torch
 from .. import graphs
 from ..errors import ConfigError
 from . import algorithms, checkpoint, data, local, memory, models
-from .config import Config
+from .config import Config, fold_hyper
 from .engine import Engine
 from .model import StackedModel, keep_freed_memory
 
@@ -64,9 +64,13 @@ RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "progress", "device", "
 
 
 def changed_settings(config: dict[str, Any], cfg: Config, ignore: tuple[str, ...] = RESUMABLE) -> list[str]:
-    """The keys, outside `ignore`, whose value in a run's config.json differs from cfg's (a key it lacks too)."""
-    now = json.loads(json.dumps(cfg.to_dict(), default=str))  # as config.json holds it
-    return [k for k in now if k not in ignore and config.get(k, object()) != now[k]]
+    """The keys, outside `ignore`, whose value in a run's config.json differs from cfg's; a key the run lacks
+    (written by a version before that key) counts as its default."""
+    def as_json(c: Config) -> dict[str, Any]:
+        return json.loads(json.dumps(c.to_dict(), default=str))  # as config.json holds it
+
+    now, earlier = as_json(cfg), {**as_json(Config()), **config}
+    return [k for k in now if k not in ignore and earlier[k] != now[k]]
 
 
 def resume(run_dir: str | Path, **overrides: Any) -> Engine:
@@ -75,6 +79,9 @@ def resume(run_dir: str | Path, **overrides: Any) -> Engine:
     finishes it."""
     state = checkpoint.load(run_dir)
     old = state["config"]
+    overrides = fold_hyper(overrides)
+    if "hyper" in overrides:  # --hyper.NAME repeats one entry of the run's table
+        overrides["hyper"] = {**old.get("hyper", {}), **overrides["hyper"]}
     cfg = Config.from_dict({**old, **overrides, "out": str(run_dir)})
     new = cfg.to_dict()
     for k in overrides:
@@ -152,7 +159,7 @@ def _replace_own_run(path: Path, cfg: Config) -> None:
     except (OSError, ValueError):
         earlier = None
     # the quickstart picks the backend by measuring (auto), so it may differ between two runs of the same settings
-    changed = changed_settings(earlier or {}, cfg, ignore=RESUMABLE + ("backend",))
+    changed = changed_settings(earlier or {}, cfg, ignore=("backend", "progress"))
     if earlier is None or changed:
         what = "no readable config.json" if earlier is None else f"other {', '.join(changed)}"
         raise ConfigError(f"{str(path)!r} holds an earlier run with {what}: remove it, or give the quickstart "

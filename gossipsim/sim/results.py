@@ -74,9 +74,16 @@ def tidy(runs: list[Run], keys: list[str]) -> list[dict[str, Any]]:
     """A row per run per evaluation: the run's name, its config values of `keys`, then the metrics."""
     out = []
     for run in runs:
-        fixed = {"run": run.path.name, **{k: run.config.get(k) for k in keys}, "diverged": run.diverged}
+        fixed = {"run": run.path.name, **{k: _value(run.config, k) for k in keys}, "diverged": run.diverged}
         out += [{**fixed, **row} for row in run.rows]
     return out
+
+
+def _value(config: dict[str, Any], key: str) -> Any:
+    """A config value by its key; hyper.NAME is an entry of the hyper table."""
+    if key.startswith("hyper."):
+        return config.get("hyper", {}).get(key.removeprefix("hyper."))
+    return config.get(key)
 
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
@@ -97,7 +104,9 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 def group(runs: list[Run]) -> dict[str, list[Run]]:
     """Runs grouped by experiment (config without seed and execution keys), labelled by the keys that differ."""
     def key(run: Run) -> tuple:
-        config = dict(run.config)
+        hyper = run.config.get("hyper") or {}  # an entry each, so that a label names the one that differs
+        config = {k: v for k, v in run.config.items() if k != "hyper"}
+        config.update({f"hyper.{k}": v for k, v in hyper.items()})
         if config.get("compressor") is None:  # compress_per means nothing without a compressor
             config.pop("compress_per", None)
         return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in NOT_THE_EXPERIMENT))

@@ -13,7 +13,8 @@
     gamma = 0.5
 
 An algorithm's own hyperparameters (compressor, gamma, ...) go only to the algorithms that take them: above,
-dsgd runs once per seed, choco once per compressor and seed. Every point is validated before the first runs.
+dsgd runs once per seed, choco once per compressor and seed. So do a registered algorithm's entries of hyper
+(`hyper.mix = [0.3, 0.5]` in [grid], `hyper.mix = 0.3` in its table). Every point is validated before the first runs.
 Run again, the sweep skips finished runs, resumes interrupted ones from their checkpoint, and rewrites
 results.csv (a row per run per evaluation) after each run.
 """
@@ -50,7 +51,10 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
     grid = data.pop("grid", None)
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"sweep file {str(path)!r} needs a [grid] table of lists, e.g. seed = [0, 1, 2]")
-    per_algorithm = {k: data.pop(k) for k in list(data) if isinstance(data[k], dict)}
+    # hyper.NAME keys, flat, so that a grid, the file and an algorithm's table each set one entry of hyper
+    grid = _flat_hyper(grid)
+    per_algorithm = {k: _flat_hyper(data.pop(k)) for k in list(data) if isinstance(data[k], dict) and k != "hyper"}
+    data = _flat_hyper(data)
     for name, table in per_algorithm.items():
         if name not in algorithms.names():
             match = difflib.get_close_matches(name, algorithms.names(), n=1)
@@ -58,7 +62,7 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
             raise ConfigError(f"sweep file {str(path)!r}: table [{name}] is not [grid] nor an algorithm{hint}")
         # top-level and grid keys go to the algorithms that take them; a table names one algorithm, so a key
         # it does not take is a mistake, not a key for another algorithm
-        foreign = [k for k in table if k in ALGORITHM_KEYS and k not in algorithms.hyperparameters(name)]
+        foreign = [k for k in table if not _takes(name, k)]
         if foreign:
             taken = ", ".join(algorithms.hyperparameters(name)) or "none"
             raise ConfigError(f"sweep file {str(path)!r}: [{name}] sets {', '.join(foreign)}, which {name} does "
@@ -79,8 +83,7 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
         algorithm = values.get("algorithm", "dsgd")
         values.update(per_algorithm.get(algorithm, {}))
         if algorithm in algorithms.names():  # else Config names the bad algorithm below
-            accepted = algorithms.hyperparameters(algorithm)
-            values = {k: v for k, v in values.items() if k not in ALGORITHM_KEYS or k in accepted}
+            values = {k: v for k, v in values.items() if _takes(algorithm, k)}
         name = ",".join(f"{k}={_safe(values[k])}" for k in keys if k in values)
         if name in seen:  # a grid value this algorithm does not take: one run, not one per value
             continue
@@ -92,6 +95,23 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
             raise ConfigError(f"sweep point {name}: {e}") from None
         points.append(Point(name, values))
     return out, keys, points
+
+
+def _flat_hyper(table: dict[str, Any]) -> dict[str, Any]:
+    """A table with its hyper table, if any, written as hyper.NAME keys."""
+    flat = {}
+    for key, value in table.items():  # in the file's order: it orders the grid's keys in the runs' names
+        if key == "hyper" and isinstance(value, dict):  # else Config names the bad value
+            flat.update({f"hyper.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _takes(algorithm: str, key: str) -> bool:
+    """Whether a key goes to this algorithm's runs: every run key does, an algorithm's own only where taken."""
+    own = key.removeprefix("hyper.")
+    return (key == own and key not in ALGORITHM_KEYS) or own in algorithms.hyperparameters(algorithm)
 
 
 def _safe(value: Any) -> str:

@@ -1,9 +1,20 @@
 """Registered algorithms: `make(name, **hyper)`, `names()`. One file each; importing registers them."""
 # importing registers them
 from . import adacons, adagossip, al_dsgd, allreduce, choco, dpsgd, dsgd, local_sgd, malcom_psgd, matcha  # noqa: F401
-from .base import BITS_PER_VALUE, Algorithm, Round, SGDState, gossip_bits, hyperparameters, make, names, register
+from .base import (
+    BITS_PER_VALUE,
+    Algorithm,
+    Round,
+    SGDState,
+    check_range,
+    gossip_bits,
+    hyperparameters,
+    make,
+    names,
+    register,
+)
 from .battery import check
 from .choco_gossip import Consensus, choco_gossip
 
-__all__ = ["BITS_PER_VALUE", "Algorithm", "Consensus", "Round", "SGDState", "check", "choco_gossip", "gossip_bits",
-           "hyperparameters", "make", "names", "register"]
+__all__ = ["BITS_PER_VALUE", "Algorithm", "Consensus", "Round", "SGDState", "check", "check_range", "choco_gossip",
+           "gossip_bits", "hyperparameters", "make", "names", "register"]

@@ -63,7 +63,7 @@ def register(name: str, replace: bool = False) -> Callable:
 
     def wrap(factory: Callable) -> Callable:
         if name in _REGISTRY and not replace:
-            raise ValueError(f"algorithm {name!r} registered twice (replace=True to redefine it)")
+            raise ConfigError(f"algorithm {name!r} registered twice (replace=True to redefine it)")
         _REGISTRY[name] = factory
         return factory
 
@@ -80,7 +80,7 @@ def hyperparameters(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in inspect.signature(_factory(name)).parameters.items()}
 
 
-def make(name: str, **hyper: Any) -> Algorithm:
+def make(name: str, /, **hyper: Any) -> Algorithm:
     """Build a registered algorithm; unknown names and hyperparameters are answered with the closest valid one."""
     factory = _factory(name)
     accepted = hyperparameters(name)
