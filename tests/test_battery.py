@@ -1,6 +1,8 @@
 """The registry drives the battery: every registered algorithm passes it, and it catches what it should."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -86,3 +88,88 @@ def test_the_problem_has_the_stated_minimizer(fresh_seed):
     oracle, x_star, _ = battery.quadratic(6, 4, fresh_seed)
     _, g = oracle(x_star.expand(6, 4))
     assert torch.allclose(g.sum(0), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+
+
+def _sgd_with(name: str, init_fn=None, stats_fn=None):
+    """Register plain SGD under name, with another init, or more statistics (stats_fn(loss, g) -> dict)."""
+    @algorithms.register(name, replace=True)
+    def factory(lr):
+        schedule = sim.local.as_schedule(lr)
+
+        def init(x0):
+            return init_fn(x0) if init_fn else SGDState(x0.clone(), None)
+
+        def step(state, rnd):
+            loss, g = rnd.grad(state.x)
+            more = stats_fn(loss, g) if stats_fn else {}
+            return type(state)(state.x - schedule(rnd.t) * g, *state[1:]), \
+                {"loss": loss, "bits": torch.zeros_like(loss, dtype=torch.float64), **more}
+
+        return init, step
+
+
+def test_a_state_a_run_cannot_size_or_save_is_refused_by_the_battery_and_the_run(tmp_path):
+    from typing import NamedTuple
+
+    class WithCounter(NamedTuple):
+        x: torch.Tensor
+        count: int
+
+    cases = {
+        "battery_item": (lambda x0: SGDState(x0.clone(), torch.full_like(x0, float(x0.sum().item()))),
+                         "battery_item: init fails on a meta tensor (RuntimeError: Tensor.item()"),
+        "battery_counter": (lambda x0: WithCounter(x0.clone(), 0),
+                            "battery_counter: state field count is of type int; every field is a tensor or None"),
+        "battery_tuple": (lambda x0: (x0.clone(),), "battery_tuple: init must return a NamedTuple with a field x"),
+    }
+    try:
+        for name, (init, needle) in cases.items():
+            _sgd_with(name, init_fn=init)
+            with pytest.raises(AssertionError) as e:
+                algorithms.check(name)
+            assert needle in str(e.value), str(e.value)
+            with pytest.raises(ConfigError) as e:
+                sim.build(sim.Config(algorithm=name, agents=3, progress=False, out=str(tmp_path / name)))
+            assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    finally:
+        for name in cases:
+            algorithms.base._REGISTRY.pop(name, None)
+
+
+def test_an_algorithms_own_statistics_are_recorded_and_resumed(tmp_path):
+    _sgd_with("battery_stats", stats_fn=lambda loss, g: {"twice_loss": 2 * loss, "grad_norm": g.norm()})
+    _sgd_with("battery_clash", stats_fn=lambda loss, g: {"test_acc": loss})
+    _sgd_with("battery_wide", stats_fn=lambda loss, g: {"per_entry": g})
+    try:
+        assert set(algorithms.check("battery_stats", tolerance=None, disagreement=None)) >= {"distance_to_optimum"}
+        cfg = dict(agents=3, rounds=4, eval_every=2, batch_size=4, eval_samples=50, backend="vmap", progress=False)
+        engine = sim.build(sim.Config(algorithm="battery_stats", out=str(tmp_path / "r"), **cfg))
+        rows = engine.run(4)
+        assert "twice_loss" not in rows[0]  # round 0: no round has run
+        for row in rows[1:]:  # the window's mean over agents and rounds, as train_loss is
+            assert row["twice_loss"] == pytest.approx(2 * row["train_loss"], rel=1e-12)
+            assert row["grad_norm"] > 0
+        # a checkpoint inside a window keeps its sums: the resumed run's rows equal an uninterrupted run's
+        short = sim.build(sim.Config(algorithm="battery_stats", out=str(tmp_path / "s"), **cfg))
+        short.run(2)
+        short.step()  # a round into the next window, then checkpointed there
+        short.save_checkpoint()
+        resumed = sim.experiment.resume(tmp_path / "s")
+        resumed.run(4 - resumed.t)
+        assert [r["twice_loss"] for r in resumed.history[1:]] == pytest.approx([r["twice_loss"] for r in rows[1:]])
+        for name, needle in (("battery_clash", "statistic 'test_acc' has the name of a metric"),
+                             ("battery_wide", "statistic 'per_entry' must be a real 0-dim or (3,) tensor")):
+            with pytest.raises(AssertionError, match="statistic"):
+                algorithms.check(name)
+            with pytest.raises(ConfigError, match=re.escape(needle)):
+                sim.build(sim.Config(algorithm=name, **cfg)).run(1)
+    finally:
+        for name in ("battery_stats", "battery_clash", "battery_wide"):
+            algorithms.base._REGISTRY.pop(name, None)
+
+
+def test_the_engines_metrics_are_the_ones_named_reserved():
+    from gossipsim.sim.metrics import METRICS
+
+    engine = sim.build(sim.Config(agents=3, rounds=1, batch_size=4, eval_samples=50, progress=False))
+    assert list(engine.run(1)[-1]) == list(METRICS)

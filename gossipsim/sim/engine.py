@@ -271,6 +271,7 @@ class Engine:
         avg_loss, avg_acc = self.model.evaluate(x.mean(0, keepdim=True), self.buffers.mean(0, keepdim=True),
                                                 inputs, test.y)
         window_rounds = self.meter.rounds
+        extra = self.meter.window_extra()
         train_loss = self.meter.window_loss()
         row = {
             "round": self.t,
@@ -287,6 +288,7 @@ class Engine:
             _, acc = self.model.evaluate(x, self.buffers, inputs, test.y)
             row.update(agent_acc_mean=float(acc.mean()), agent_acc_min=float(acc.min()),
                        agent_acc_max=float(acc.max()))
+        row.update({k: float(v.mean()) for k, v in extra.items()})  # an algorithm's own: over agents and rounds
         row.update(train_time=self.train_time,
                    samples_per_s=window_rounds * n * self.batch_size / window_time if window_time else 0.0,
                    eval_time=time.perf_counter() - start)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .algorithms.base import Algorithm
+from .algorithms.base import Algorithm, init_on_meta
 from .model import StackedModel
 
 GIB = 2**30
@@ -74,7 +74,7 @@ def estimate(model: StackedModel, algorithm: Algorithm, batch_size: int, sample_
     outputs kept for the backward pass, and as many again for their gradients)."""
     n, p = model.n, model.P
     width = torch.empty((), dtype=dtype).element_size()
-    state = algorithm.init(torch.empty(n, p, dtype=dtype, device="meta"))
+    state = init_on_meta(algorithm, n, p, dtype)
     at_once = {"loop": 1, "chunked": min(n, model.chunk_size)}.get(model.backend, n)  # vmap, and auto's worst
     per_agent = activation_bytes(model.template, (batch_size, *sample_shape)) * width // 4
     return Estimate({

@@ -10,6 +10,11 @@ import torch
 
 from ..errors import ConfigError
 
+# the names of a metrics row the engine writes; an algorithm's own statistics take other names
+METRICS = ("round", "epoch", "train_loss", "test_loss", "test_acc", "consensus", "sparsity", "bits_per_agent",
+           "bits_max_agent", "agent_acc_mean", "agent_acc_min", "agent_acc_max", "train_time", "samples_per_s",
+           "eval_time")
+
 
 class Meter:
     """Sums per-round statistics on the device; read only at an evaluation point (the named host sync)."""
@@ -20,6 +25,8 @@ class Meter:
         self.rounds = 0  # rounds in the current window
         # (N,) the first round whose loss was NaN or Inf, -1 while finite: kept on the device, read at evaluations
         self.first_bad = torch.full((n,), -1, dtype=torch.int64, device=device)
+        # an algorithm's other statistics (a 0-dim or (N,) tensor each): (N,) float64 sums over this window
+        self.extra: dict[str, torch.Tensor] = {}
 
     def add(self, stats: dict[str, torch.Tensor], t: torch.Tensor) -> None:
         """Add round t's statistics (t a 0-dim device tensor)."""
@@ -27,17 +34,41 @@ class Meter:
         self.loss += loss
         self.bits += stats.get("bits", 0)
         self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad < 0), t, self.first_bad)
+        for name, value in stats.items():
+            if name not in ("loss", "bits"):
+                self._add_extra(name, value)
         self.rounds += 1
+
+    def _add_extra(self, name: str, value: Any) -> None:
+        n = self.loss.shape[0]
+        if name not in self.extra:
+            if name in METRICS:
+                raise ConfigError(f"the algorithm's statistic {name!r} has the name of a metric the engine records; "
+                                  f"rename it (the engine's: {', '.join(METRICS)})")
+            if not torch.is_tensor(value) or value.shape not in ((), (n,)) or value.is_complex():
+                raise ConfigError(f"the algorithm's statistic {name!r} must be a real 0-dim or ({n},) tensor (one "
+                                  f"value per agent), got {value!r:.60}")
+            self.extra[name] = torch.zeros_like(self.loss)
+        self.extra[name] += value.detach()
 
     def state_dict(self) -> dict[str, Any]:
         # copies, on a CPU too: add() sums in place
         return {"bits": self.bits.to("cpu", copy=True), "loss": self.loss.to("cpu", copy=True),
-                "rounds": self.rounds, "first_bad": self.first_bad.to("cpu", copy=True)}
+                "rounds": self.rounds, "first_bad": self.first_bad.to("cpu", copy=True),
+                "extra": {k: v.to("cpu", copy=True) for k, v in self.extra.items()}}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         device = self.bits.device
         self.bits, self.loss = d["bits"].to(device, copy=True), d["loss"].to(device, copy=True)
         self.first_bad, self.rounds = d["first_bad"].to(device), int(d["rounds"])
+        self.extra = {k: v.to(device, copy=True) for k, v in d.get("extra", {}).items()}  # older checkpoints: none
+
+    def window_extra(self) -> dict[str, torch.Tensor]:
+        """Each other statistic's mean per agent since the last evaluation (N,), the window restarted; call
+        before window_loss, which ends the window."""
+        out = {k: v / max(self.rounds, 1) for k, v in self.extra.items()}
+        self.extra = {k: torch.zeros_like(v) for k, v in self.extra.items()}
+        return out
 
     def window_loss(self) -> torch.Tensor:
         """Mean minibatch loss per agent since the last evaluation, and restart the window. (N,)"""

@@ -96,6 +96,29 @@ def make(name: str, /, **hyper: Any) -> Algorithm:
                                            if v is not inspect.Parameter.empty}, **hyper})
 
 
+def init_on_meta(algorithm: Algorithm, n: int, p: int, dtype: torch.dtype) -> NamedTuple:
+    """The algorithm's state for N x P built on the meta device, where nothing is allocated (the memory
+    preflight sizes it there), its structure checked: one line for an init that cannot run there."""
+    try:
+        state = algorithm.init(torch.empty(n, p, dtype=dtype, device="meta"))
+    except (NotImplementedError, RuntimeError, TypeError, ValueError) as e:
+        raise ConfigError(f"{algorithm.name}: init fails on a meta tensor ({type(e).__name__}: {str(e)[:200]}); "
+                          "runs build the state there first to size it, so init may use tensor operations only "
+                          "(no .item(), .tolist() or numpy on x0)") from e
+    check_state(algorithm.name, state)
+    return state
+
+
+def check_state(name: str, state: Any) -> None:
+    """A state is a NamedTuple with a field x whose every field is a tensor or None."""
+    if not (isinstance(state, tuple) and "x" in getattr(state, "_fields", ())):
+        raise ConfigError(f"{name}: init must return a NamedTuple with a field x, got {type(state).__name__}")
+    for field, value in zip(state._fields, state):
+        if value is not None and not torch.is_tensor(value):
+            raise ConfigError(f"{name}: state field {field} is of type {type(value).__name__}; every field is a "
+                              f"tensor or None (a counter: a 0-dim tensor), which checkpoints save and devices hold")
+
+
 def _factory(name: str) -> Callable:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown algorithm {name!r}{_closest(name, _REGISTRY)}; accepted: {', '.join(names())}")

@@ -4,8 +4,10 @@ A convex problem with a known answer, in float64: agent i holds f_i(x) = 1/2 sum
 a_ij in [0.5, 1.5] and c_ij ~ N(0, 1), so the minimizer of sum_i f_i is x*_j = sum_i a_ij c_ij / sum_i a_ij, and
 the agents disagree about it (their own minimizers c_i differ). The battery checks that
 
-    state:         init gives a NamedTuple with x (N, P); every step returns the same type, shapes and dtypes,
-                   all finite, and a loss (N,) and bits (N,) in its statistics;
+    state:         init gives a NamedTuple with x (N, P) whose fields are tensors or None, and runs on a meta
+                   tensor too (runs size the state there before allocating it); every step returns the same
+                   type, shapes and dtypes, all finite, and a loss (N,) and bits (N,) in its statistics, any
+                   other statistic a 0-dim or (N,) tensor (runs record its mean);
     deterministic: the same inputs and torch seed give the same iterates, bit for bit;
     converges:     the agents' mean ends within `tolerance` of x*, relative to where it started (x0 = 0);
     agrees:        the agents' disagreement ends within `disagreement` of their minimizers' spread.
@@ -24,7 +26,9 @@ from typing import Any
 import torch
 
 from ... import graphs
-from .base import Round, make
+from ...errors import ConfigError
+from ..metrics import METRICS
+from .base import Round, init_on_meta, make
 
 
 def quadratic(n: int = 8, p: int = 5, seed: int = 0) -> tuple[Callable, torch.Tensor, torch.Tensor]:
@@ -63,8 +67,14 @@ def check(name: str, topology=None, *, n: int = 8, p: int = 5, rounds: int = 300
         torch.manual_seed(seed)  # a compressor's random draws
         return run(make(name, **hyper), topology, oracle, x0, rounds)
 
+    try:
+        meta = init_on_meta(make(name, **hyper), n, p, torch.float64)
+    except ConfigError as e:
+        raise AssertionError(str(e)) from e
     state, stats = go(rounds)
     first = make(name, **hyper).init(x0.clone())
+    _expect([_describe(v) for v in meta] == [_describe(v) for v in first],
+            f"{name}: init on a meta tensor gives other fields than on a real one")
     _expect(hasattr(state, "_fields") and "x" in state._fields, f"{name}: init must return a NamedTuple with x")
     _expect(type(state) is type(first), f"{name}: step returned {type(state).__name__}, init {type(first).__name__}")
     for field, a, b in zip(state._fields, state, first):
@@ -74,6 +84,11 @@ def check(name: str, topology=None, *, n: int = 8, p: int = 5, rounds: int = 300
     _expect(state.x.shape == (n, p) and state.x.dtype == torch.float64, f"{name}: x is {_describe(state.x)}")
     for key in ("loss", "bits"):
         _expect(key in stats[-1] and stats[-1][key].shape == (n,), f"{name}: statistics need {key} of shape (N,)")
+    for key, value in stats[-1].items():
+        _expect(key in ("loss", "bits") or key not in METRICS,
+                f"{name}: statistic {key} has the name of a metric the engine records")
+        _expect(torch.is_tensor(value) and value.shape in ((), (n,)),
+                f"{name}: statistic {key} must be a 0-dim or (N,) tensor, got {value!r:.60}")
 
     again, _ = go(rounds)
     _expect(torch.equal(state.x, again.x), f"{name}: the same inputs and seed gave different iterates")
