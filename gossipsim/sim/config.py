@@ -275,12 +275,10 @@ def _typed_hyper(algorithm: str, table: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict) or value is None:
             raise ConfigError(f"hyper.{name} = {value!r}: accepted: a number, string, boolean or list")
         default = defaults.get(name)
-        if isinstance(value, str) and isinstance(default, (bool, int, float)):
+        if isinstance(default, (bool, int, float)):  # as a built-in key of that type: "0.5", 1 for 1.0, no 2.5 for 2
             value = _convert(f"hyper.{name}", value, type(default).__name__)
         elif isinstance(value, str) and (default is None or default is inspect.Parameter.empty):
             value = _guess(value)
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)  # lr = 1 in TOML for a float default
         typed[name] = value
     return typed
 

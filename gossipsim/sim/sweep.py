@@ -13,8 +13,9 @@
     gamma = 0.5
 
 An algorithm's own hyperparameters (compressor, gamma, ...) go only to the algorithms that take them: above,
-dsgd runs once per seed, choco once per compressor and seed. So do a registered algorithm's entries of hyper
-(`hyper.mix = [0.3, 0.5]` in [grid], `hyper.mix = 0.3` in its table). Every point is validated before the first runs.
+dsgd runs once per seed, choco once per compressor and seed. So do the entries of hyper, a registered
+algorithm's own (`hyper.mix = [0.3, 0.5]` in [grid], `hyper.mix = 0.3` in its table). Every point is validated
+before the first runs.
 Run again, the sweep skips finished runs, resumes interrupted ones from their checkpoint, and rewrites
 results.csv (a row per run per evaluation) after each run.
 """
