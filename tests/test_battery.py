@@ -157,7 +157,8 @@ def test_an_algorithms_own_statistics_are_recorded_and_resumed(tmp_path):
         resumed = sim.experiment.resume(tmp_path / "s")
         resumed.run(4 - resumed.t)
         assert [r["twice_loss"] for r in resumed.history[1:]] == pytest.approx([r["twice_loss"] for r in rows[1:]])
-        for name, needle in (("battery_clash", "statistic 'test_acc' has the name of a metric"),
+        for name, needle in (("battery_clash", "statistic 'test_acc' has the name of a metric, a results.csv "
+                                               "column or a config key"),
                              ("battery_wide", "statistic 'per_entry' must be a real 0-dim or (3,) tensor")):
             with pytest.raises(AssertionError, match="statistic"):
                 algorithms.check(name)
@@ -173,3 +174,53 @@ def test_the_engines_metrics_are_the_ones_named_reserved():
 
     engine = sim.build(sim.Config(agents=3, rounds=1, batch_size=4, eval_samples=50, progress=False))
     assert list(engine.run(1)[-1]) == list(METRICS)
+
+
+def test_statistics_a_run_cannot_record_are_one_line_naming_the_run_directory(tmp_path, capsys):
+    from gossipsim.sim.cli import main
+
+    cases = {
+        "stats_no_loss": (lambda loss, g: {"loss": None}, "statistics need loss of shape (3,), one value per agent"),
+        "stats_wide_bits": (lambda loss, g: {"bits": g}, "statistics need bits of shape (3,)"),
+        "stats_seed": (lambda loss, g: {"seed": loss}, "statistic 'seed' has the name of a metric, a results.csv"),
+        "stats_run": (lambda loss, g: {"run": loss}, "statistic 'run' has the name"),
+        "stats_hyper": (lambda loss, g: {"hyper.x": loss}, "statistic 'hyper.x' has the name"),
+    }
+    small = ["--agents=3", "--rounds=2", "--eval_every=2", "--batch_size=4", "--eval_samples=50", "--backend=vmap"]
+    try:
+        for name, (stats, needle) in cases.items():
+            _sgd_with(name, stats_fn=lambda loss, g, stats=stats: {k: v for k, v in stats(loss, g).items()})
+            capsys.readouterr()
+            assert main(["run", f"--algorithm={name}", *small, f"--out={tmp_path / name}"]) == 2
+            last = capsys.readouterr().err.splitlines()[-1]  # after the partition and memory lines
+            assert last.startswith("gossipsim: error: ") and needle in last, last
+            assert f"{tmp_path / name} holds the files it wrote before: remove it or give another --out" in last
+    finally:
+        for name in cases:
+            algorithms.base._REGISTRY.pop(name, None)
+
+
+def test_a_statistic_some_rounds_leave_out_is_averaged_over_the_rounds_that_give_it():
+    calls = []
+
+    def every_other_round(loss, g):
+        calls.append(1)
+        return {"one": torch.ones(())} if len(calls) % 2 else {}
+
+    _sgd_with("stats_sometimes", stats_fn=every_other_round)
+    try:
+        engine = sim.build(sim.Config(algorithm="stats_sometimes", agents=3, rounds=4, eval_every=4, batch_size=4,
+                                      eval_samples=50, progress=False))
+        row = engine.run(4)[-1]
+        assert len(calls) == 4 and row["one"] == 1.0  # given in 2 of the 4 rounds: their mean, not 0.5
+    finally:
+        algorithms.base._REGISTRY.pop("stats_sometimes", None)
+
+
+def test_a_mistake_in_init_itself_keeps_its_traceback():
+    _sgd_with("init_typo", init_fn=lambda x0: SGDState(x0.clone(1), None))  # fails on any device
+    try:
+        with pytest.raises(TypeError):
+            sim.build(sim.Config(algorithm="init_typo", agents=3, progress=False))
+    finally:
+        algorithms.base._REGISTRY.pop("init_typo", None)

@@ -142,3 +142,95 @@ def test_import_runs_a_users_file_so_its_algorithm_can_be_named(tmp_path, capsys
         assert "new          hyper.damping=0.5,algorithm=halved_cli" in capsys.readouterr().out
     finally:
         algorithms.base._REGISTRY.pop("halved_cli", None)
+
+
+def test_sweep_keys_that_go_nowhere_or_twice_are_refused(damped, tmp_path, capsys):
+    head = f"out = '{tmp_path / 'never'}'\nagents = 3\n"
+    for text, needle in [
+        ("[grid]\nalgorithm = ['dsgd', 'damped']\nhyper.dampng = [0.5, 1.0]\n",
+         "hyper.dampng is taken by none of its algorithms (dsgd, damped)"),
+        ("hyper.dampng = 0.5\n[grid]\nalgorithm = ['dsgd', 'damped']\n", "hyper.dampng is taken by none"),
+        ("[grid]\nalgorithm = ['dsgd']\ngamma = [0.3, 0.6]\n", "gamma is taken by none of its algorithms (dsgd)"),
+        ("[grid]\nalgorithm = ['damped']\nhyper.damping = [0.3, 0.6]\n[damped]\nhyper.damping = 0.9\n",
+         "[damped] sets hyper.damping, which [grid] ranges over; give it in one place"),
+        ("[grid]\nseed = [0]\n[dampd]\nhyper.steps = 2\n", "one of your own: --import=FILE.py that registers it"),
+    ]:
+        path = tmp_path / "s.toml"
+        path.write_text(head + text)
+        assert main(["sweep", str(path), "--list"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_resumed_run_keeps_its_hyperparameters_defaults_included(damped, tmp_path, capsys):
+    out = tmp_path / "r"
+    small = [f"--{k}={v}" for k, v in SMALL.items() if k != "progress"]
+    assert main(["run", "--algorithm=damped", "--hyper.steps=2", *small, "--rounds=2", f"--out={out}"]) == 0
+    capsys.readouterr()
+    assert main(["run", f"--resume={out}", "--hyper=1"]) == 2
+    assert "hyper must be a table" in capsys.readouterr().err
+    # the whole table as a sweep gives it: an entry dropped is a change, not the old table again
+    with pytest.raises(ConfigError, match="hyper cannot change when resuming"):
+        sim.experiment.resume(out, hyper={})
+    # the factory's default edited since the checkpoint: the same config, another run
+    @algorithms.register("damped", replace=True)
+    def edited(lr, damping=0.9, steps=1, flag=False, label="x", alpha=None):
+        inner = algorithms.make("dsgd", lr=lr)
+        return inner.init, inner.step
+
+    assert main(["run", f"--resume={out}", "--rounds=4"]) == 2
+    assert "ran with other hyperparameters: damping = 1.0 there, 0.9 here (a default edited since?)" in \
+        capsys.readouterr().err
+
+
+def test_factories_with_kwargs_lists_strings_and_without_lr(tmp_path, capsys):
+    @algorithms.register("kwargs_algo", replace=True)
+    def kwargs_algo(lr, sizes=(1, 2), name="x", **opts):
+        kwargs_algo.got = dict(sizes=sizes, name=name, **opts)
+        inner = algorithms.make("dsgd", lr=lr)
+        return inner.init, inner.step
+
+    @algorithms.register("no_lr", replace=True)
+    def no_lr(step_size=0.1):
+        inner = algorithms.make("dsgd", lr=step_size)
+        return inner.init, inner.step
+
+    try:
+        cfg = sim.Config.from_dict({"algorithm": "kwargs_algo", "hyper.sizes": "3,4", "hyper.anything": "2.5"})
+        assert cfg.hyper == dict(sizes=[3, 4], anything=2.5)
+        algorithms.make("kwargs_algo", lr=0.1, **cfg.hyper)
+        assert kwargs_algo.got == dict(sizes=[3, 4], name="x", anything=2.5)
+        for values, needle in [({"hyper.name": 5}, "hyper.name must be a string, got 5"),
+                               ({"hyper": {"when": object()}}, "accepted: a number, string, boolean or list of them"),
+                               ({"sizes": "3"}, "unknown key 'sizes' (kwargs_algo's own hyperparameter: give it as "
+                                                "hyper.sizes)")]:
+            with pytest.raises(ConfigError) as e:
+                sim.Config.from_dict({"algorithm": "kwargs_algo", **values})
+            assert needle in str(e.value), str(e.value)
+        with pytest.raises(ConfigError, match="no_lr's factory takes no lr; every algorithm's factory takes lr"):
+            sim.Config(algorithm="no_lr")
+    finally:
+        del algorithms.base._REGISTRY["kwargs_algo"], algorithms.base._REGISTRY["no_lr"]
+
+
+def test_an_imported_file_finds_its_neighbours_and_bad_module_names_are_one_line(tmp_path, capsys):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "helper_consts.py").write_text("DAMPING = 0.5\n")
+    (tmp_path / "pkg" / "uses_helper.py").write_text(
+        "from helper_consts import DAMPING\nfrom gossipsim import sim\n\n\n"
+        "@sim.algorithms.register('uses_helper', replace=True)\n"
+        "def uses_helper(lr, damping=DAMPING):\n"
+        "    inner = sim.algorithms.make('dsgd', lr=lr)\n"
+        "    return inner.init, inner.step\n")
+    try:
+        small = [f"--{k}={v}" for k, v in SMALL.items() if k != "progress"]
+        out = tmp_path / "r"
+        assert main(["run", f"--import={tmp_path / 'pkg' / 'uses_helper.py'}", "--algorithm=uses_helper", *small,
+                     f"--out={out}"]) == 0
+        capsys.readouterr()
+        for bad in ("../pkg/uses_helper", ".mod"):
+            assert main(["run", f"--import={bad}", "--algorithm=dsgd"]) == 2
+            assert f"--import={bad}: not a module name" in capsys.readouterr().err
+    finally:
+        algorithms.base._REGISTRY.pop("uses_helper", None)

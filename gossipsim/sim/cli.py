@@ -65,6 +65,8 @@ def _import_user_code(spec: str | None) -> None:
             name = f"_gossipsim_user.{path.stem}_{abs(hash(str(path))):x}"
             if name in sys.modules:  # main() called again in one process: registered already
                 continue
+            if str(path.parent) not in sys.path:  # its neighbours import as they do under `python FILE.py`
+                sys.path.insert(0, str(path.parent))
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
@@ -74,6 +76,9 @@ def _import_user_code(spec: str | None) -> None:
                 del sys.modules[name]
                 raise
         else:
+            if not all(part.isidentifier() for part in item.split(".")):
+                raise ConfigError(f"--import={item}: not a module name; give a Python file (FILE.py) or a module "
+                                  f"like my_algos or package.my_algos")
             sys.path.insert(0, str(Path.cwd()))  # as `python -m` would find it
             try:
                 importlib.import_module(item)
@@ -139,6 +144,11 @@ def cmd_run(argv: list[str]) -> int:
               f"{engine.checkpoint_interval} rounds (checkpoint_every=0: none)", file=sys.stderr)
     try:
         history = engine.run(cfg.rounds - engine.t)
+    except ConfigError as e:  # found only once rounds run (a user algorithm's statistics, say)
+        if engine.run_dir is not None and not (engine.run_dir.path / "checkpoint.pt").exists():
+            raise ConfigError(f"{e}; {engine.run_dir.path} holds the files it wrote before: remove it or give "
+                              f"another --out to run again") from None
+        raise
     except KeyboardInterrupt:
         if (engine.run_dir.path / "checkpoint.pt").exists():
             raise KeyboardInterrupt(f"continue with: gossipsim run --resume={engine.run_dir.path}") from None

@@ -182,6 +182,9 @@ class Config:
         from . import algorithms
 
         accepted = algorithms.hyperparameters(self.algorithm)
+        if "lr" not in accepted:  # the engine hands every algorithm its lr (a number or the run's schedule)
+            raise ConfigError(f"{self.algorithm}'s factory takes no lr; every algorithm's factory takes lr (a number, "
+                              f"or a schedule of the round: sim.local.as_schedule(lr) reads both)")
         hyper = {k: getattr(self, k) for k in ALGORITHM_KEYS if getattr(self, k) is not None}
         for k in hyper:
             if k not in accepted:
@@ -208,6 +211,9 @@ class Config:
             if key not in fields:
                 match = difflib.get_close_matches(key, fields, n=1)
                 hint = f" (did you mean {match[0]!r}?)" if match else ""
+                algorithm = values.get("algorithm", "dsgd")
+                if isinstance(algorithm, str) and key in _registered().get(algorithm, {}):
+                    hint = f" ({algorithm}'s own hyperparameter: give it as hyper.{key})"
                 raise ConfigError(f"unknown key {key!r}{hint}; see `gossipsim run --help` for the keys")
             kwargs[key] = _convert(key, value, fields[key].type)
         return cls(**kwargs)
@@ -247,6 +253,13 @@ def _choice(key: str, value: Any, accepted, more: str = "") -> None:
         raise ConfigError(f"unknown {key} {value!r}{hint}; accepted: {', '.join(accepted)}{more}")
 
 
+def _registered() -> dict[str, dict[str, Any]]:
+    """Every registered algorithm's hyperparameters, by name."""
+    from . import algorithms
+
+    return {name: algorithms.hyperparameters(name) for name in algorithms.names()}
+
+
 def fold_hyper(values: dict[str, Any]) -> dict[str, Any]:
     """values with each `hyper.NAME` key moved into values["hyper"] (a copy; a given table is not changed)."""
     dotted = {k: v for k, v in values.items() if isinstance(k, str) and k.startswith("hyper.")}
@@ -272,15 +285,24 @@ def _typed_hyper(algorithm: str, table: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"hyper.{name}: a hyperparameter's name is an identifier, like alpha or num_steps")
         if name in PASSED_KEYS:
             raise ConfigError(f"hyper.{name}: {name} is a key of its own; set {name} = ... (--{name}=...)")
-        if isinstance(value, dict) or value is None:
-            raise ConfigError(f"hyper.{name} = {value!r}: accepted: a number, string, boolean or list")
+        if not plain(value):  # config.json must give it back as it was, for a resumed run
+            raise ConfigError(f"hyper.{name} = {value!r}: accepted: a number, string, boolean or list of them")
         default = defaults.get(name)
-        if isinstance(default, (bool, int, float)):  # as a built-in key of that type: "0.5", 1 for 1.0, no 2.5 for 2
+        if isinstance(default, (bool, int, float, str)):  # as a built-in key of that type: "0.5", 1 for 1.0
             value = _convert(f"hyper.{name}", value, type(default).__name__)
+        elif isinstance(default, (list, tuple)) and isinstance(value, str):  # --hyper.sizes=3,4
+            value = [_guess(v.strip()) for v in value.strip("[]").split(",") if v.strip()]
         elif isinstance(value, str) and (default is None or default is inspect.Parameter.empty):
             value = _guess(value)
         typed[name] = value
     return typed
+
+
+def plain(value: Any) -> bool:
+    """A value JSON writes and reads back unchanged: a bool, int, float, str, or a list of them."""
+    if isinstance(value, (list, tuple)):
+        return all(plain(v) for v in value)
+    return isinstance(value, (bool, int, float, str))
 
 
 def _guess(text: str) -> Any:

@@ -25,6 +25,7 @@ from ..graphs import Topology
 from . import checkpoint as ckpt
 from . import data as data_mod
 from .algorithms import Algorithm, Round
+from .config import plain
 from .graphed import GraphedRound
 from .metrics import Meter, RunDir, consensus_distance
 from .model import StackedModel
@@ -317,7 +318,13 @@ class Engine:
                 "sampler": self.sampler.state_dict(), "augment_rng": self.augment_rng.get_state(),
                 "rng": self._rng, "meter": self.meter.state_dict(), "history": list(self.history),
                 "backend": self.model.backend, "train_time": self.train_time, "setup_time": self.setup_time,
-                "compile_time": self.compile_time, "config": self.config}
+                "compile_time": self.compile_time, "config": self.config,
+                "hyperparameters": self._plain_hyper()}
+
+    def _plain_hyper(self) -> dict[str, Any]:
+        """The algorithm's hyperparameters as the factory got them, defaults included, where they are plain
+        values (the lr schedule and the compressor follow from the config)."""
+        return {k: v for k, v in self.algorithm.hyper.items() if plain(v)}
 
     # what load_state_dict reads of a state_dict()
     state_dict_keys = ("round", "algorithm", "state", "buffers", "sampler", "augment_rng", "rng", "meter", "history",
@@ -331,6 +338,12 @@ class Engine:
         if d["algorithm"] != self.algorithm.name:
             raise ConfigError(f"the checkpoint is of algorithm {d['algorithm']!r}, this run's is "
                               f"{self.algorithm.name!r}")
+        theirs, mine = d.get("hyperparameters", {}), self._plain_hyper()  # older checkpoints: none to compare
+        differ = [k for k in theirs if k in mine and theirs[k] != mine[k]]
+        if differ:  # the config is the same, so a factory's default was edited since
+            was = ", ".join(f"{k} = {theirs[k]!r} there, {mine[k]!r} here" for k in differ)
+            raise ConfigError(f"the checkpoint's {self.algorithm.name} ran with other hyperparameters: {was} (a "
+                              f"default edited since?); restore it to continue this run")
         fields = self.state._asdict()
         for k, v in d["state"].items():
             mine = fields.get(k, ...)

@@ -79,9 +79,10 @@ def resume(run_dir: str | Path, **overrides: Any) -> Engine:
     finishes it."""
     state = checkpoint.load(run_dir)
     old = state["config"]
+    if any(k.startswith("hyper.") for k in overrides) and "hyper" not in overrides:
+        # --hyper.NAME=VALUE repeats one entry of the run's table; a whole table (a sweep's) stands as given
+        overrides = {**overrides, "hyper": old.get("hyper", {})}
     overrides = fold_hyper(overrides)
-    if "hyper" in overrides:  # --hyper.NAME repeats one entry of the run's table
-        overrides["hyper"] = {**old.get("hyper", {}), **overrides["hyper"]}
     cfg = Config.from_dict({**old, **overrides, "out": str(run_dir)})
     new = cfg.to_dict()
     for k in overrides:

@@ -16,6 +16,17 @@ METRICS = ("round", "epoch", "train_loss", "test_loss", "test_acc", "consensus",
            "eval_time")
 
 
+def reserved(name: str) -> bool:
+    """Whether an algorithm's own statistic may not be called `name`: a metric, a results.csv column (a grid
+    key: a config key or hyper.NAME)."""
+    import dataclasses
+
+    from .config import Config
+
+    return name in {*METRICS, "run", "diverged", *(f.name for f in dataclasses.fields(Config))} or \
+        name.startswith("hyper.")
+
+
 class Meter:
     """Sums per-round statistics on the device; read only at an evaluation point (the named host sync)."""
 
@@ -27,12 +38,20 @@ class Meter:
         self.first_bad = torch.full((n,), -1, dtype=torch.int64, device=device)
         # an algorithm's other statistics (a 0-dim or (N,) tensor each): (N,) float64 sums over this window
         self.extra: dict[str, torch.Tensor] = {}
+        self.extra_rounds: dict[str, int] = {}  # the rounds of this window that gave each
 
     def add(self, stats: dict[str, torch.Tensor], t: torch.Tensor) -> None:
-        """Add round t's statistics (t a 0-dim device tensor)."""
+        """Add round t's statistics (t a 0-dim device tensor). Their shapes are checked every round: metadata,
+        no device sync."""
+        n = self.loss.shape[0]
+        for name in ("loss", "bits"):
+            value = stats.get(name)
+            if not torch.is_tensor(value) or value.shape != (n,):
+                raise ConfigError(f"the algorithm's statistics need {name} of shape ({n},), one value per agent, "
+                                  f"got {'nothing' if value is None else repr(value)[:60]}")
         loss = stats["loss"].detach()
         self.loss += loss
-        self.bits += stats.get("bits", 0)
+        self.bits += stats["bits"]
         self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad < 0), t, self.first_bad)
         for name, value in stats.items():
             if name not in ("loss", "bits"):
@@ -41,33 +60,37 @@ class Meter:
 
     def _add_extra(self, name: str, value: Any) -> None:
         n = self.loss.shape[0]
+        if name not in self.extra and reserved(name):
+            raise ConfigError(f"the algorithm's statistic {name!r} has the name of a metric, a results.csv column "
+                              f"or a config key; give it another")
+        if not torch.is_tensor(value) or value.shape not in ((), (n,)) or value.is_complex():
+            raise ConfigError(f"the algorithm's statistic {name!r} must be a real 0-dim or ({n},) tensor (one "
+                              f"value per agent), got {repr(value)[:60]}")
         if name not in self.extra:
-            if name in METRICS:
-                raise ConfigError(f"the algorithm's statistic {name!r} has the name of a metric the engine records; "
-                                  f"rename it (the engine's: {', '.join(METRICS)})")
-            if not torch.is_tensor(value) or value.shape not in ((), (n,)) or value.is_complex():
-                raise ConfigError(f"the algorithm's statistic {name!r} must be a real 0-dim or ({n},) tensor (one "
-                                  f"value per agent), got {value!r:.60}")
-            self.extra[name] = torch.zeros_like(self.loss)
+            self.extra[name], self.extra_rounds[name] = torch.zeros_like(self.loss), 0
         self.extra[name] += value.detach()
+        self.extra_rounds[name] += 1  # a statistic a round leaves out is averaged over the rounds that gave it
 
     def state_dict(self) -> dict[str, Any]:
         # copies, on a CPU too: add() sums in place
         return {"bits": self.bits.to("cpu", copy=True), "loss": self.loss.to("cpu", copy=True),
                 "rounds": self.rounds, "first_bad": self.first_bad.to("cpu", copy=True),
-                "extra": {k: v.to("cpu", copy=True) for k, v in self.extra.items()}}
+                "extra": {k: v.to("cpu", copy=True) for k, v in self.extra.items()},
+                "extra_rounds": dict(self.extra_rounds)}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         device = self.bits.device
         self.bits, self.loss = d["bits"].to(device, copy=True), d["loss"].to(device, copy=True)
         self.first_bad, self.rounds = d["first_bad"].to(device), int(d["rounds"])
         self.extra = {k: v.to(device, copy=True) for k, v in d.get("extra", {}).items()}  # older checkpoints: none
+        self.extra_rounds = dict(d.get("extra_rounds", {}))
 
     def window_extra(self) -> dict[str, torch.Tensor]:
         """Each other statistic's mean per agent since the last evaluation (N,), the window restarted; call
         before window_loss, which ends the window."""
-        out = {k: v / max(self.rounds, 1) for k, v in self.extra.items()}
+        out = {k: v / self.extra_rounds[k] for k, v in self.extra.items() if self.extra_rounds[k]}
         self.extra = {k: torch.zeros_like(v) for k, v in self.extra.items()}
+        self.extra_rounds = dict.fromkeys(self.extra, 0)
         return out
 
     def window_loss(self) -> torch.Tensor:

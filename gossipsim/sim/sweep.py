@@ -60,7 +60,8 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
         if name not in algorithms.names():
             match = difflib.get_close_matches(name, algorithms.names(), n=1)
             hint = f" (did you mean [{match[0]}]?)" if match else ""
-            raise ConfigError(f"sweep file {str(path)!r}: table [{name}] is not [grid] nor an algorithm{hint}")
+            raise ConfigError(f"sweep file {str(path)!r}: table [{name}] is not [grid] nor an algorithm{hint}; "
+                              f"one of your own: --import=FILE.py that registers it")
         # top-level and grid keys go to the algorithms that take them; a table names one algorithm, so a key
         # it does not take is a mistake, not a key for another algorithm
         foreign = [k for k in table if not _takes(name, k)]
@@ -68,11 +69,22 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
             taken = ", ".join(algorithms.hyperparameters(name)) or "none"
             raise ConfigError(f"sweep file {str(path)!r}: [{name}] sets {', '.join(foreign)}, which {name} does "
                               f"not take; its keys: {taken}")
+        both = [k for k in table if k in grid]
+        if both:  # the table would replace the grid's values, and the points collapse into one
+            raise ConfigError(f"sweep file {str(path)!r}: [{name}] sets {', '.join(both)}, which [grid] ranges "
+                              f"over; give it in one place")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid key {key} must be a non-empty list of values, got {values!r}")
         if len(set(map(repr, values))) < len(values):
             raise ConfigError(f"grid key {key} lists a value twice: {values!r}")
+    # a key only some algorithms take goes to those; one that none of the sweep's algorithms takes is a mistake
+    named = grid.get("algorithm", [data.get("algorithm", "dsgd")])
+    known = [a for a in named if isinstance(a, str) and a in algorithms.names()]  # else Config names it below
+    for key in [*grid, *data]:
+        if (key in ALGORITHM_KEYS or key.startswith("hyper.")) and known and not any(_takes(a, key) for a in known):
+            raise ConfigError(f"sweep file {str(path)!r}: {key} is taken by none of its algorithms "
+                              f"({', '.join(known)}); check its name")
     out = data.pop("out", None) or f"runs/sweep-{Path(path).stem}"
     if not isinstance(out, str):
         raise ConfigError(f"sweep file {str(path)!r}: out = {out!r}; accepted: a directory path in quotes")
@@ -112,7 +124,9 @@ def _flat_hyper(table: dict[str, Any]) -> dict[str, Any]:
 def _takes(algorithm: str, key: str) -> bool:
     """Whether a key goes to this algorithm's runs: every run key does, an algorithm's own only where taken."""
     own = key.removeprefix("hyper.")
-    return (key == own and key not in ALGORITHM_KEYS) or own in algorithms.hyperparameters(algorithm)
+    if key == own:
+        return key not in ALGORITHM_KEYS or key in algorithms.hyperparameters(algorithm)
+    return own in algorithms.hyperparameters(algorithm) or algorithms.base.takes_any(algorithm)
 
 
 def _safe(value: Any) -> str:

@@ -76,8 +76,15 @@ def names() -> list[str]:
 
 
 def hyperparameters(name: str) -> dict[str, Any]:
-    """The hyperparameters `name` accepts, with their defaults (inspect.Parameter.empty when required)."""
-    return {k: p.default for k, p in inspect.signature(_factory(name)).parameters.items()}
+    """The hyperparameters `name` accepts by name, with their defaults (inspect.Parameter.empty when required);
+    a factory's **kwargs takes any other name besides."""
+    params = inspect.signature(_factory(name)).parameters.values()
+    return {p.name: p.default for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def takes_any(name: str) -> bool:
+    """Whether the factory of `name` has **kwargs."""
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(_factory(name)).parameters.values())
 
 
 def make(name: str, /, **hyper: Any) -> Algorithm:
@@ -85,7 +92,7 @@ def make(name: str, /, **hyper: Any) -> Algorithm:
     factory = _factory(name)
     accepted = hyperparameters(name)
     for key in hyper:
-        if key not in accepted:
+        if key not in accepted and not takes_any(name):
             raise ConfigError(f"{name} has no hyperparameter {key!r}{_closest(key, accepted)}; "
                               f"accepted: {', '.join(accepted)}")
     missing = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in hyper]
@@ -101,7 +108,9 @@ def init_on_meta(algorithm: Algorithm, n: int, p: int, dtype: torch.dtype) -> Na
     preflight sizes it there), its structure checked: one line for an init that cannot run there."""
     try:
         state = algorithm.init(torch.empty(n, p, dtype=dtype, device="meta"))
-    except (NotImplementedError, RuntimeError, TypeError, ValueError) as e:
+    except (NotImplementedError, RuntimeError) as e:
+        if "meta" not in str(e).lower():  # a mistake in init itself: its traceback is what its author needs
+            raise
         raise ConfigError(f"{algorithm.name}: init fails on a meta tensor ({type(e).__name__}: {str(e)[:200]}); "
                           "runs build the state there first to size it, so init may use tensor operations only "
                           "(no .item(), .tolist() or numpy on x0)") from e

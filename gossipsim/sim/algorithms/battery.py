@@ -27,7 +27,7 @@ import torch
 
 from ... import graphs
 from ...errors import ConfigError
-from ..metrics import METRICS
+from ..metrics import reserved
 from .base import Round, init_on_meta, make
 
 
@@ -85,8 +85,8 @@ def check(name: str, topology=None, *, n: int = 8, p: int = 5, rounds: int = 300
     for key in ("loss", "bits"):
         _expect(key in stats[-1] and stats[-1][key].shape == (n,), f"{name}: statistics need {key} of shape (N,)")
     for key, value in stats[-1].items():
-        _expect(key in ("loss", "bits") or key not in METRICS,
-                f"{name}: statistic {key} has the name of a metric the engine records")
+        _expect(key in ("loss", "bits") or not reserved(key),
+                f"{name}: statistic {key} has the name of a metric, a results.csv column or a config key")
         _expect(torch.is_tensor(value) and value.shape in ((), (n,)),
                 f"{name}: statistic {key} must be a 0-dim or (N,) tensor, got {value!r:.60}")
 
