@@ -210,8 +210,18 @@ def test_factories_with_kwargs_lists_strings_and_without_lr(tmp_path, capsys):
             assert needle in str(e.value), str(e.value)
         with pytest.raises(ConfigError, match="no_lr's factory takes no lr; every algorithm's factory takes lr"):
             sim.Config(algorithm="no_lr")
+
+        @algorithms.register("clash", replace=True)
+        def clash(lr, rescale=1.0):  # rescale: AdaCons' built-in key, a bool
+            inner = algorithms.make("dsgd", lr=lr)
+            return inner.init, inner.step
+
+        with pytest.raises(ConfigError, match="clash's factory has rescale=1.0, but rescale is a built-in key that "
+                                              "takes true or false; rename that parameter"):
+            sim.Config(algorithm="clash")
     finally:
-        del algorithms.base._REGISTRY["kwargs_algo"], algorithms.base._REGISTRY["no_lr"]
+        for name in ("kwargs_algo", "no_lr", "clash"):
+            algorithms.base._REGISTRY.pop(name, None)
 
 
 def test_an_imported_file_finds_its_neighbours_and_bad_module_names_are_one_line(tmp_path, capsys):
@@ -234,3 +244,24 @@ def test_an_imported_file_finds_its_neighbours_and_bad_module_names_are_one_line
             assert f"--import={bad}: not a module name" in capsys.readouterr().err
     finally:
         algorithms.base._REGISTRY.pop("uses_helper", None)
+
+
+def test_a_sweep_sees_a_factory_default_edited_since_a_run_finished(damped, tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    head = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in SMALL.items() if k != "progress")
+    path.write_text(f"out = '{tmp_path / 'sw'}'\n{head}algorithm = 'damped'\n[grid]\nseed = [0]\n")
+    assert main(["sweep", str(path)]) == 0
+    summary = results.load_run(tmp_path / "sw" / "seed=0").summary
+    # defaults included; the lr schedule and a None are not plain values
+    assert summary["hyperparameters"] == dict(damping=1.0, steps=1, flag=False, label="x")
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--list"]) == 0 and "done         seed=0" in capsys.readouterr().out
+
+    @algorithms.register("damped", replace=True)
+    def edited(lr, damping=0.9, steps=1, flag=False, label="x", alpha=None):
+        inner = algorithms.make("dsgd", lr=lr)
+        return inner.init, inner.step
+
+    assert main(["sweep", str(path), "--list"]) == 0 and "changed      seed=0" in capsys.readouterr().out
+    assert main(["sweep", str(path)]) == 2
+    assert "finished with damping = 1.0 (now 0.9) (a default edited since?)" in capsys.readouterr().err

@@ -185,6 +185,11 @@ class Config:
         if "lr" not in accepted:  # the engine hands every algorithm its lr (a number or the run's schedule)
             raise ConfigError(f"{self.algorithm}'s factory takes no lr; every algorithm's factory takes lr (a number, "
                               f"or a schedule of the round: sim.local.as_schedule(lr) reads both)")
+        for k, kind in _BUILT_IN_TYPES.items():  # a user's factory reusing a built-in key's name with another type
+            default = accepted.get(k)
+            if default not in (None, inspect.Parameter.empty) and not _of_type(default, kind):
+                raise ConfigError(f"{self.algorithm}'s factory has {k}={default!r}, but {k} is a built-in key that "
+                                  f"takes {_describe(kind)}; rename that parameter (an algorithm's own go in hyper)")
         hyper = {k: getattr(self, k) for k in ALGORITHM_KEYS if getattr(self, k) is not None}
         for k in hyper:
             if k not in accepted:
@@ -217,6 +222,20 @@ class Config:
                 raise ConfigError(f"unknown key {key!r}{hint}; see `gossipsim run --help` for the keys")
             kwargs[key] = _convert(key, value, fields[key].type)
         return cls(**kwargs)
+
+
+# the built-in algorithm keys' types, but compressor's (a spec here, a Compressor in a factory)
+_BUILT_IN_TYPES = {f.name: f.type.replace(" | None", "") for f in dataclasses.fields(Config)
+                   if f.name in ALGORITHM_KEYS and f.name != "compressor"}
+
+
+def _of_type(value: Any, kind: str) -> bool:
+    """Whether a factory's default fits a config key of that type (an int for a float key does)."""
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind in ("int", "float"):
+        return isinstance(value, int if kind == "int" else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
 
 
 # the keys the engine hands to an algorithm itself: hyper may not name them a second time (another key, the
@@ -296,6 +315,12 @@ def _typed_hyper(algorithm: str, table: dict[str, Any]) -> dict[str, Any]:
             value = _guess(value)
         typed[name] = value
     return typed
+
+
+def plain_items(values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `values` that are plain values (an algorithm's hyperparameters without its lr schedule and
+    compressor, which follow from the config): what a checkpoint and summary.json record."""
+    return {k: v for k, v in values.items() if plain(v)}
 
 
 def plain(value: Any) -> bool:

@@ -25,7 +25,7 @@ from ..graphs import Topology
 from . import checkpoint as ckpt
 from . import data as data_mod
 from .algorithms import Algorithm, Round
-from .config import plain
+from .config import plain_items
 from .graphed import GraphedRound
 from .metrics import Meter, RunDir, consensus_distance
 from .model import StackedModel
@@ -319,12 +319,7 @@ class Engine:
                 "rng": self._rng, "meter": self.meter.state_dict(), "history": list(self.history),
                 "backend": self.model.backend, "train_time": self.train_time, "setup_time": self.setup_time,
                 "compile_time": self.compile_time, "config": self.config,
-                "hyperparameters": self._plain_hyper()}
-
-    def _plain_hyper(self) -> dict[str, Any]:
-        """The algorithm's hyperparameters as the factory got them, defaults included, where they are plain
-        values (the lr schedule and the compressor follow from the config)."""
-        return {k: v for k, v in self.algorithm.hyper.items() if plain(v)}
+                "hyperparameters": plain_items(self.algorithm.hyper)}
 
     # what load_state_dict reads of a state_dict()
     state_dict_keys = ("round", "algorithm", "state", "buffers", "sampler", "augment_rng", "rng", "meter", "history",
@@ -338,7 +333,8 @@ class Engine:
         if d["algorithm"] != self.algorithm.name:
             raise ConfigError(f"the checkpoint is of algorithm {d['algorithm']!r}, this run's is "
                               f"{self.algorithm.name!r}")
-        theirs, mine = d.get("hyperparameters", {}), self._plain_hyper()  # older checkpoints: none to compare
+        # the factory's hyperparameters, defaults included (older checkpoints: none to compare)
+        theirs, mine = d.get("hyperparameters", {}), plain_items(self.algorithm.hyper)
         differ = [k for k in theirs if k in mine and theirs[k] != mine[k]]
         if differ:  # the config is the same, so a factory's default was edited since
             was = ", ".join(f"{k} = {theirs[k]!r} there, {mine[k]!r} here" for k in differ)
@@ -392,7 +388,7 @@ class Engine:
                 "parameters": self.model.P, "backend": self.model.backend,
                 "backend_timings": getattr(self.model, "timings", None), "setup_time": self.setup_time,
                 "compile": self.compile, "compile_time": self.compile_time,
-                "rounds": self.t,
+                "rounds": self.t, "hyperparameters": plain_items(self.algorithm.hyper),
                 "samples_per_s": self.t * self.model.n * self.batch_size / max(self.train_time, 1e-12),
                 "final": last}
 

@@ -16,7 +16,7 @@ import torch
 from .. import graphs
 from ..errors import ConfigError
 from . import algorithms, checkpoint, data, local, memory, models
-from .config import Config, fold_hyper
+from .config import Config, fold_hyper, plain_items
 from .engine import Engine
 from .model import StackedModel, keep_freed_memory
 
@@ -45,7 +45,7 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     factory = functools.partial(models.make, cfg.model, **{k: v for k, v in model_args.items() if k in accepted})
     model = StackedModel(factory, cfg.agents, backend=cfg.backend, chunk_size=cfg.chunk_size or None, bn=cfg.bn,
                          autocast=None if cfg.autocast == "off" else torch.bfloat16)
-    algo = algorithms.make(cfg.algorithm, **_hyper(cfg, model))
+    algo = algorithms.make(cfg.algorithm, **_hyper(cfg, model.param_sizes))
     # the datasets are on the device already: what is free is what the run can take
     est = memory.plan(model, algo, cfg.batch_size, train.shape, getattr(torch, cfg.dtype), device)
     safe = re.sub(r"[^A-Za-z0-9.]+", "_", topo.name).strip("_")  # matcha(ring8, budget=0.5) -> matcha_ring8_budget_0.5
@@ -95,7 +95,13 @@ def resume(run_dir: str | Path, **overrides: Any) -> Engine:
     return build(cfg, resume=state)
 
 
-def _hyper(cfg: Config, model: StackedModel) -> dict[str, Any]:
+def hyperparameters(cfg: Config) -> dict[str, Any]:
+    """The plain hyperparameters cfg's algorithm factory gets now, defaults included, as summary.json records
+    them for a run (JSON: a tuple default reads back as a list): to tell a factory's default edited since."""
+    return json.loads(json.dumps(plain_items(algorithms.make(cfg.algorithm, **_hyper(cfg, None)).hyper)))
+
+
+def _hyper(cfg: Config, layers: list[int] | None) -> dict[str, Any]:
     schedule = {"constant": lambda: local.constant(cfg.lr),
                 "multistep": lambda: local.multistep(cfg.lr, cfg.milestones, cfg.lr_factor),
                 "cosine": lambda: local.cosine(cfg.lr, cfg.rounds)}[cfg.lr_schedule]()
@@ -106,7 +112,7 @@ def _hyper(cfg: Config, model: StackedModel) -> dict[str, Any]:
         if k not in accepted and getattr(cfg, k) != default:  # a registered algorithm of a user's may lack it
             raise ConfigError(f"{cfg.algorithm} takes no {k} (its factory has no {k!r} argument), got {k}="
                               f"{getattr(cfg, k)}; leave it at {default}")
-    return {**{k: v for k, v in hyper.items() if k in accepted}, **cfg.algorithm_hyper(layers=model.param_sizes)}
+    return {**{k: v for k, v in hyper.items() if k in accepted}, **cfg.algorithm_hyper(layers=layers)}
 
 
 # The quickstart: the same non-iid problem under every kind of communication, on 16 agents of a ring. Each

@@ -33,7 +33,7 @@ from typing import Any
 from ..errors import ConfigError, Diverged
 from . import algorithms, checkpoint, results
 from .config import ALGORITHM_KEYS, Config, read_toml
-from .experiment import build, changed_settings, resume
+from .experiment import build, changed_settings, hyperparameters, resume
 
 
 @dataclass
@@ -144,7 +144,9 @@ def status(point: Point) -> str:
         if "diverged" in run.summary or run.summary.get("rounds", -1) >= want.rounds:
             # it counts for its point only if the sweep file still asks for its settings, but for the keys a
             # resumed run may change (rounds: more resume it, fewer are already there)
-            return "changed" if changed_settings(run.config, want) else "done"
+            recorded = run.summary.get("hyperparameters")  # older runs: not recorded
+            edited = recorded is not None and recorded != hyperparameters(want)  # a factory's default, since
+            return "changed" if changed_settings(run.config, want) or edited else "done"
     if (p / checkpoint.NAME).exists():
         return "resumable"
     return "interrupted" if (p / "metrics.jsonl").exists() else "new"
@@ -160,6 +162,10 @@ def run(path: str | Path, progress: bool = True) -> Path:
             want = Config.from_dict(point.values)
             was = ", ".join(f"{k} = {run_.config.get(k)!r} (now {getattr(want, k)!r})"
                             for k in changed_settings(run_.config, want))
+            if not was:  # the same config: the algorithm's factory changed
+                now = hyperparameters(want)
+                was = ", ".join(f"{k} = {v!r} (now {now.get(k)!r})" for k, v in run_.summary["hyperparameters"].items()
+                                if now.get(k) != v) + " (a default edited since?)"
             raise ConfigError(f"{point.path}: finished with {was}; restore the sweep file, or move that run "
                               f"directory away to run it again")
     out.mkdir(parents=True, exist_ok=True)
