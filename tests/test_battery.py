@@ -63,17 +63,7 @@ def test_the_battery_fails_what_it_should():
 
 def test_a_training_key_the_algorithm_lacks_is_refused_not_dropped(tmp_path):
     """A user's algorithm without momentum: momentum=0.9 in its config is an error, not a plain run."""
-    @algorithms.register("battery_plain")
-    def plain(lr):
-        def init(x0):
-            return SGDState(x0.clone(), None)
-
-        def step(state, rnd):
-            loss, g = rnd.grad(state.x)
-            return SGDState(state.x - lr(rnd.t) * g, None), {"loss": loss, "bits": torch.zeros_like(loss)}
-
-        return init, step
-
+    _sgd_with("battery_plain")  # its factory takes lr alone
     try:
         cfg = dict(algorithm="battery_plain", agents=4, progress=False, out=str(tmp_path / "run"))
         sim.build(sim.Config(**cfg))  # the defaults build

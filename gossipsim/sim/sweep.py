@@ -142,14 +142,23 @@ def status(point: Point) -> str:
         run = results.load_run(p)  # a file cut short or edited is one line naming it
         want = Config.from_dict(point.values)
         if "diverged" in run.summary or run.summary.get("rounds", -1) >= want.rounds:
-            # it counts for its point only if the sweep file still asks for its settings, but for the keys a
-            # resumed run may change (rounds: more resume it, fewer are already there)
-            recorded = run.summary.get("hyperparameters")  # older runs: not recorded
-            edited = recorded is not None and recorded != hyperparameters(want)  # a factory's default, since
-            return "changed" if changed_settings(run.config, want) or edited else "done"
+            return "changed" if _changes(run, want) else "done"
     if (p / checkpoint.NAME).exists():
         return "resumable"
     return "interrupted" if (p / "metrics.jsonl").exists() else "new"
+
+
+def _changes(run: results.Run, want: Config) -> str:
+    """What a finished run ran with that the sweep file no longer asks for ("" if nothing): a config key, but
+    for the keys a resumed run may change (rounds: more resume it, fewer are already there), or a hyperparameter
+    of the factory's (a default edited since; older runs do not record them)."""
+    keys = changed_settings(run.config, want)
+    if keys:
+        return ", ".join(f"{k} = {run.config.get(k)!r} (now {getattr(want, k)!r})" for k in keys)
+    recorded, now = run.summary.get("hyperparameters") or {}, hyperparameters(want)
+    edited = [k for k, v in recorded.items() if now.get(k) != v]
+    return ", ".join(f"{k} = {recorded[k]!r} (now {now.get(k)!r})" for k in edited) + \
+        (" (a default edited since?)" if edited else "")
 
 
 def run(path: str | Path, progress: bool = True) -> Path:
@@ -158,14 +167,7 @@ def run(path: str | Path, progress: bool = True) -> Path:
     states = [status(point) for point in points]
     for point, state in zip(points, states):
         if state == "changed":  # before any point runs, like every other mistake in the file
-            run_ = results.load_run(point.path)
-            want = Config.from_dict(point.values)
-            was = ", ".join(f"{k} = {run_.config.get(k)!r} (now {getattr(want, k)!r})"
-                            for k in changed_settings(run_.config, want))
-            if not was:  # the same config: the algorithm's factory changed
-                now = hyperparameters(want)
-                was = ", ".join(f"{k} = {v!r} (now {now.get(k)!r})" for k, v in run_.summary["hyperparameters"].items()
-                                if now.get(k) != v) + " (a default edited since?)"
+            was = _changes(results.load_run(point.path), Config.from_dict(point.values))
             raise ConfigError(f"{point.path}: finished with {was}; restore the sweep file, or move that run "
                               f"directory away to run it again")
     out.mkdir(parents=True, exist_ok=True)
