@@ -173,6 +173,16 @@ def test_resume_mistakes_exit_2(args, needle, tmp_path, capsys):
     assert err.count("\n") == 1 and needle in err, err
 
 
+def test_resume_accepts_an_algorithm_key_at_the_value_its_factory_took_by_default(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["run", "--algorithm=choco", "--agents=3", "--rounds=2", "--eval_every=2", "--batch_size=4",
+                 "--eval_samples=50", "--progress=false", f"--out={run}"]) == 0
+    assert main(["run", f"--resume={run}", "--rounds=3", "--gamma=0.5"]) == 0  # choco's default
+    capsys.readouterr()
+    assert main(["run", f"--resume={run}", "--rounds=4", "--gamma=0.4"]) == 2
+    assert "gamma cannot change when resuming a run (the checkpoint's run has gamma=0.5)" in capsys.readouterr().err
+
+
 def test_resume_without_a_checkpoint_and_a_second_run_into_one_directory(tmp_path, capsys):
     assert main(["run", f"--resume={tmp_path / 'nothing'}"]) == 2
     assert "no checkpoint at" in capsys.readouterr().err

@@ -173,6 +173,12 @@ def test_a_resumed_run_keeps_its_hyperparameters_defaults_included(damped, tmp_p
     # the whole table as a sweep gives it: an entry dropped is a change, not the old table again
     with pytest.raises(ConfigError, match="hyper cannot change when resuming"):
         sim.experiment.resume(out, hyper={})
+    # the value the factory took by default, now given, is no change; another value is
+    other = tmp_path / "other"
+    assert main(["run", "--algorithm=damped", *small, "--rounds=2", f"--out={other}"]) == 0
+    assert main(["run", f"--resume={other}", "--rounds=3", "--hyper.damping=1.0"]) == 0
+    assert main(["run", f"--resume={other}", "--rounds=4", "--hyper.damping=0.5"]) == 2
+    assert "hyper cannot change when resuming" in capsys.readouterr().err
     # the factory's default edited since the checkpoint: the same config, another run
     @algorithms.register("damped", replace=True)
     def edited(lr, damping=0.9, steps=1, flag=False, label="x", alpha=None):

@@ -170,6 +170,9 @@ def test_a_finished_run_does_not_count_for_a_changed_sweep_file(tmp_path, capsys
     # a key a resumed run may change (eval_every) still counts as the same run
     path.write_text(text.replace("eval_every = 2", "eval_every = 1"))
     assert main(["sweep", str(path), "--list"]) == 0 and "done         seed=0" in capsys.readouterr().out
+    # so does a file that now states the value the algorithm took by default (dsgd's momentum 0)
+    path.write_text(text.replace("lr = 0.2", "lr = 0.2\nmomentum = 0.0"))
+    assert main(["sweep", str(path), "--list"]) == 0 and "done         seed=0" in capsys.readouterr().out
     (run / "summary.json").write_text("{cut sho")
     assert main(["sweep", str(path), "--list"]) == 2
     err = capsys.readouterr().err

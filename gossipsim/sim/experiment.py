@@ -16,7 +16,7 @@ import torch
 from .. import graphs
 from ..errors import ConfigError
 from . import algorithms, checkpoint, data, local, memory, models
-from .config import Config, fold_hyper, plain_items
+from .config import ALGORITHM_KEYS, Config, fold_hyper, plain_items
 from .engine import Engine
 from .model import StackedModel, keep_freed_memory
 
@@ -65,12 +65,28 @@ RESUMABLE = ("rounds", "eval_every", "checkpoint_every", "progress", "device", "
 
 def changed_settings(config: dict[str, Any], cfg: Config, ignore: tuple[str, ...] = RESUMABLE) -> list[str]:
     """The keys, outside `ignore`, whose value in a run's config.json differs from cfg's; a key the run lacks
-    (written by a version before that key) counts as its default."""
+    (written by a version before that key) counts as its default. An algorithm key set to the value its factory
+    took by default (gamma=0.5 for a run without gamma) is no change: the factory gets the same hyperparameters."""
     def as_json(c: Config) -> dict[str, Any]:
         return json.loads(json.dumps(c.to_dict(), default=str))  # as config.json holds it
 
     now, earlier = as_json(cfg), {**as_json(Config()), **config}
-    return [k for k in now if k not in ignore and earlier[k] != now[k]]
+    keys = [k for k in now if k not in ignore and earlier[k] != now[k]]
+    own = [k for k in keys if k in ALGORITHM_KEYS or k == "hyper"]
+    if own and _factory_hyper(earlier) == _factory_hyper(cfg):
+        keys = [k for k in keys if k not in own]
+    return keys
+
+
+def _factory_hyper(cfg: Config | dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The algorithm and what its factory gets, defaults included, but for lr (a schedule made of other keys);
+    None for a config that no longer builds (an earlier version's)."""
+    try:
+        cfg = cfg if isinstance(cfg, Config) else Config.from_dict(cfg)
+        hyper = algorithms.make(cfg.algorithm, **_hyper(cfg, None)).hyper
+    except ConfigError:
+        return None
+    return cfg.algorithm, {k: v for k, v in hyper.items() if k != "lr"}
 
 
 def resume(run_dir: str | Path, **overrides: Any) -> Engine:
@@ -84,11 +100,9 @@ def resume(run_dir: str | Path, **overrides: Any) -> Engine:
         overrides = {**overrides, "hyper": old.get("hyper", {})}
     overrides = fold_hyper(overrides)
     cfg = Config.from_dict({**old, **overrides, "out": str(run_dir)})
-    new = cfg.to_dict()
-    for k in overrides:
-        if k not in RESUMABLE and new[k] != old.get(k):
-            raise ConfigError(f"{k} cannot change when resuming a run (the checkpoint's run has {k}={old.get(k)!r}); "
-                              f"a resumed run may change only {', '.join(RESUMABLE)}")
+    for k in changed_settings(old, cfg, ignore=(*RESUMABLE, "out")):  # only an override can differ
+        raise ConfigError(f"{k} cannot change when resuming a run (the checkpoint's run has {k}={old.get(k)!r}); "
+                          f"a resumed run may change only {', '.join(RESUMABLE)}")
     if cfg.rounds < state["round"]:
         raise ConfigError(f"rounds={cfg.rounds} is before the checkpoint's round {state['round']}; give the total "
                           f"number of rounds the run should reach")
