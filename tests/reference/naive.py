@@ -39,7 +39,6 @@ class NaiveSimulator:
         self.m: list[float] | None = None  # AdaCons' momentum of the sorted coefficients
         self.u = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
         self.x_hat = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
-        self.s = [torch.zeros_like(x0[i]) for i in range(self.n)] if x0 is not None else None
         self.agents = [factory().to(dtype) for _ in range(self.n)]
         for i, m in enumerate(self.agents):
             if x0 is not None:
@@ -142,15 +141,16 @@ class NaiveSimulator:
                     acc = acc + g * self.W[i, j] * (self.x_hat[j] - self.x_hat[i])
                 out.append(acc)
             return out
-        # the official code's order: correct with last round's copies, then send C(y - x_hat)
-        ys = [h + g * (s - xh) for h, s, xh in zip(half, self.s, self.x_hat)]
-        qs = [self.compress(y - xh) for y, xh in zip(ys, self.x_hat)]
+        # the official code's order: correct with last round's copies, s_i = sum_j w_ij x_hat_j over this
+        # round's edges (ALGORITHMS.md 2.3), then send C(y - x_hat)
+        ys = []
         for i in range(self.n):
-            self.x_hat[i] = self.x_hat[i] + qs[i]
-            acc = self.W[i, i] * qs[i]
+            s = self.W[i, i] * self.x_hat[i]
             for j in self.neighbours(i):
-                acc = acc + self.W[i, j] * qs[j]
-            self.s[i] = self.s[i] + acc
+                s = s + self.W[i, j] * self.x_hat[j]
+            ys.append(half[i] + g * (s - self.x_hat[i]))
+        for i in range(self.n):
+            self.x_hat[i] = self.x_hat[i] + self.compress(ys[i] - self.x_hat[i])
         return ys
 
     def adagossip(self, half: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -13,11 +13,17 @@ with Arbitrary Communication Compression", arXiv 1907.09356 (Algorithm 1, the de
 `choco_parallel`, the official code's order (epfml/ChocoSGD `parallel_choco`): the consensus correction
 uses the public copies of the previous round, so communication can overlap computation:
 
-    Y      = X^t - lr D(X^t) + gamma (S - X_hat)   # S = sum_j w_ij x_hat_j, kept by each agent
-    Q      = C(Y - X_hat);  X_hat += Q;  S += W Q;  X^{t+1} = Y
+    Y      = X^t - lr D(X^t) + gamma (W_t - I) X_hat   # last round's public copies
+    Q      = C(Y - X_hat);  X_hat += Q;  X^{t+1} = Y
 
-X_hat and S start at 0. Communication: one compressed message per agent to each active neighbour, its
-bits from the compressor's encoding. State tensors are updated in place: no (N, P) temporaries a round
+The official code keeps S = W X_hat as a running sum S += W Q, since an agent receives only Q. That sum
+is W X_hat only while W never changes: on a time-varying topology (link failures, MATCHA, random
+matchings) it mixes old rounds' weights and the agents never agree. Here (W_t - I) X_hat is formed each
+round, as `choco` forms it (every agent holding current copies of this round's neighbours): the same
+numbers on a static W up to rounding, one gossip product a round as before, and no (N, P) S to keep.
+
+X_hat starts at 0. Communication: one compressed message per agent to each active neighbour, its bits
+from the compressor's encoding. State tensors are updated in place: no (N, P) temporaries a round
 besides the compressor's.
 """
 from __future__ import annotations
@@ -34,7 +40,6 @@ from .base import Round, check_range, register
 class ChocoState(NamedTuple):
     x: torch.Tensor  # (N, P)
     x_hat: torch.Tensor  # (N, P) public copies: what every neighbour knows of agent i
-    s: torch.Tensor | None  # (N, P) W x_hat, kept by choco_parallel only
     buf: torch.Tensor | None  # (N, P) local momentum, None without momentum
 
 
@@ -52,7 +57,7 @@ def choco(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, 
     opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
 
     def init(x0: torch.Tensor) -> ChocoState:
-        return ChocoState(x0.clone(), torch.zeros_like(x0), None, opt.init(x0))
+        return ChocoState(x0.clone(), torch.zeros_like(x0), opt.init(x0))
 
     def step(state: ChocoState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
@@ -60,7 +65,7 @@ def choco(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, 
         x = descend_(state.x, d, schedule(rnd.t))  # X^{t+1/2}
         bits = kernels.choco_residual(x, state.x_hat, comp)  # x_hat += C(x - x_hat); (N,) bits a message
         kernels.consensus_step(x, state.x_hat, rnd.mixing, gamma)  # x += gamma (W x_hat - x_hat)
-        return ChocoState(x, state.x_hat, None, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
+        return ChocoState(x, state.x_hat, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
 
     return init, step
 
@@ -72,16 +77,14 @@ def choco_parallel(lr, gamma: float = 0.5, compressor: kernels.Compressor | None
     opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
 
     def init(x0: torch.Tensor) -> ChocoState:
-        return ChocoState(x0.clone(), torch.zeros_like(x0), torch.zeros_like(x0), opt.init(x0))
+        return ChocoState(x0.clone(), torch.zeros_like(x0), opt.init(x0))
 
     def step(state: ChocoState, rnd: Round):
         loss, g = rnd.grad(state.x)
         d, buf = opt.direction(state.x, g, state.buf)
         y = descend_(state.x, d, schedule(rnd.t))
-        y.add_(state.s - state.x_hat, alpha=gamma)  # last round's public copies: stale by one round
-        q, bits = comp.roundtrip(y - state.x_hat)  # (N, P), (N,)
-        state.x_hat.add_(q)
-        state.s.add_(rnd.mixing(q))
-        return ChocoState(y, state.x_hat, state.s, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
+        kernels.consensus_step(y, state.x_hat, rnd.mixing, gamma)  # last round's public copies
+        bits = kernels.choco_residual(y, state.x_hat, comp)  # x_hat += C(y - x_hat); (N,) bits a message
+        return ChocoState(y, state.x_hat, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
 
     return init, step

@@ -37,7 +37,7 @@ def malcom_psgd(lr, mu: float = 1e-5, gamma: float = 0.05, compressor: kernels.C
                                  kernels.dithered(16, scaled=True) if compressor is None else compressor)
 
     def init(x0: torch.Tensor) -> ChocoState:
-        return ChocoState(x0.clone(), torch.zeros_like(x0), None, opt.init(x0))
+        return ChocoState(x0.clone(), torch.zeros_like(x0), opt.init(x0))
 
     def step(state: ChocoState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
@@ -49,6 +49,6 @@ def malcom_psgd(lr, mu: float = 1e-5, gamma: float = 0.05, compressor: kernels.C
         if mu:
             tau = lr_t * mu
             x.sub_(torch.clamp(x, -tau, tau))  # soft threshold: v - clamp(v, -tau, tau) = S_tau(v)
-        return ChocoState(x, state.x_hat, None, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
+        return ChocoState(x, state.x_hat, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
 
     return init, step
