@@ -216,6 +216,15 @@ def test_config_keys_reach_the_algorithm_and_misplaced_ones_are_refused():
         sim.Config(algorithm="al_dsgd", c1=0.7, c2=0.7)
 
 
+def test_compress_per_layer_applies_to_the_factory_default_compressor():
+    layers = [6, 4]
+    given = sim.Config(algorithm="malcom_psgd", compressor="dithered:16,scaled", compress_per="layer")
+    default = sim.Config(algorithm="malcom_psgd", compress_per="layer")  # was its per-model default, silently
+    assert default.algorithm_hyper(layers)["compressor"] == given.algorithm_hyper(layers)["compressor"]
+    assert given.algorithm_hyper(layers)["compressor"].layers == (6, 4)
+    assert "compressor" not in sim.Config(algorithm="malcom_psgd").algorithm_hyper(layers)
+
+
 def test_graph_seed_keeps_one_graph_across_training_seeds(tmp_path):
     def W(**keys):
         cfg = sim.Config(topology="erdos_renyi:0.5", agents=8, rounds=1, out=str(tmp_path / "r"), progress=False,

@@ -198,8 +198,10 @@ class Config:
         hyper.update(self.hyper)  # names no key of its own (_typed_hyper); make() refuses one not accepted
         if "compressor" in hyper:
             hyper["compressor"] = kernels.parse(hyper["compressor"], per=self.compress_per)
-            if layers is not None and self.compress_per == "layer":
-                hyper["compressor"] = hyper["compressor"].with_layers(layers)
+        elif self.compress_per == "layer" and isinstance(accepted.get("compressor"), kernels.Compressor):
+            hyper["compressor"] = dataclasses.replace(accepted["compressor"], per="layer")  # the factory's default
+        if "compressor" in hyper and layers is not None and self.compress_per == "layer":
+            hyper["compressor"] = hyper["compressor"].with_layers(layers)
         algorithms.make(self.algorithm, lr=self.lr, **hyper)  # the algorithm checks its own ranges
         return hyper
 

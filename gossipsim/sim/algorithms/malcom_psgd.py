@@ -28,13 +28,13 @@ from .choco import ChocoState, _parts
 
 
 @register("malcom_psgd")
-def malcom_psgd(lr, mu: float = 1e-5, gamma: float = 0.05, compressor: kernels.Compressor | None = None,
+def malcom_psgd(lr, mu: float = 1e-5, gamma: float = 0.05,
+                compressor: kernels.Compressor = kernels.dithered(16, scaled=True),  # noqa: B008 (frozen)
                 momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
     if not mu >= 0:
         raise ConfigError(f"malcom_psgd mu (the l1 weight) must be >= 0, got {mu}")
     check_range("malcom_psgd", "gamma", gamma, 0, 1, low_open=True)
-    opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay,
-                                 kernels.dithered(16, scaled=True) if compressor is None else compressor)
+    opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
 
     def init(x0: torch.Tensor) -> ChocoState:
         return ChocoState(x0.clone(), torch.zeros_like(x0), opt.init(x0))
