@@ -1,6 +1,7 @@
 """Datasets, readers, partitions, the per-agent sampler and augmentation (gossipsim.sim.data)."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import pickle
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from gossipsim import sim
 from gossipsim.errors import ConfigError
 from gossipsim.sim import data
 
@@ -355,6 +357,17 @@ def test_augment_flip_only_mirrors_or_keeps_each_sample():
     mirrored = (out == xb.flip(-1)).flatten(2).all(2)
     assert bool((same | mirrored).all()) and bool(same.any()) and bool(mirrored.any())
     assert torch.equal(data.augment(xb, torch.Generator().manual_seed(0), pad=0, flip=False), xb)
+
+
+def test_the_engine_pads_augmented_crops_black(tmp_path):
+    from tests.test_engine import tiny
+
+    engine = sim.build(tiny(tmp_path, augment=True))
+    engine.train = dataclasses.replace(engine.train, x=torch.full_like(engine.train.x, 255))  # all white
+    xb, _ = engine._inputs(torch.zeros(4, 64, dtype=torch.long))
+    mean, std = engine.train.mean[0], engine.train.std[0]
+    white, black = (1 - mean) / std, (0 - mean) / std
+    assert xb.unique().tolist() == pytest.approx([black, white], rel=1e-6)  # not 0, the mean colour
 
 
 def test_augment_crop_is_a_shift_of_the_zero_padded_image():

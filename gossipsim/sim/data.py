@@ -622,8 +622,9 @@ class Sampler:
 def augment(xb: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
     """Random crop (zero padding `pad`) and horizontal flip of each image of xb (N, B, C, H, W).
 
-    Independent per sample, drawn from `generator` (on xb's device), one gather for the batch. The
-    padding is zero in normalized units, i.e. the dataset's mean colour.
+    Independent per sample, drawn from `generator` (on xb's device), one gather for the batch. The engine
+    augments uint8 images before normalizing them, so the padding is black, as in the usual CIFAR recipe
+    (torchvision's RandomCrop(32, padding=4) before ToTensor and Normalize).
     """
     if not _is_int(pad) or pad < 0:
         raise ConfigError(f"augment pad must be an integer >= 0, got {pad!r}")

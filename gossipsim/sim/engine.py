@@ -117,10 +117,10 @@ class Engine:
 
     # ----------------------------------------------------------------------------------------------
     def _inputs(self, idx: torch.Tensor, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        xb = self.train.normalize(self.train.x[idx], self.dtype)  # idx (N, B) -> (N, B, C, H, W)
-        if augment and self.augment:
+        xb = self.train.x[idx]  # idx (N, B) -> (N, B, C, H, W) uint8
+        if augment and self.augment:  # before normalizing: the crop pads black, as torchvision's RandomCrop
             xb = data_mod.augment(xb, self.augment_rng)
-        return xb, self.train.y[idx]
+        return self.train.normalize(xb, self.dtype), self.train.y[idx]
 
     def step(self) -> dict[str, torch.Tensor]:
         """One round; returns the algorithm's statistics (device tensors)."""
