@@ -282,6 +282,69 @@ def test_cifar_pickle_reader(tmp_path):
     assert train.classes == 100 and train.y.tolist() == [90, 91, 92, 93] and len(test) == 2
 
 
+def write_mnist(folder: Path, ext: str = ".gz", **replace: np.ndarray) -> None:
+    """Four small idx files (6 train, 3 test), any of them replaced by the array given for its stem."""
+    rng = np.random.default_rng(0)
+    arrays = {"train_images": rng.integers(0, 256, (6, 28, 28)), "train_labels": rng.integers(0, 10, 6),
+              "t10k_images": rng.integers(0, 256, (3, 28, 28)), "t10k_labels": rng.integers(0, 10, 3)}
+    for stem, arr in {**arrays, **replace}.items():
+        split, kind = stem.split("_")
+        write_idx(folder / f"{split}-{kind}-idx{3 if kind == 'images' else 1}-ubyte{ext}", arr)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (dict(train_labels=np.zeros(5)), "6 images ... labels"),  # fewer labels than images: samples dropped
+    (dict(t10k_labels=np.full(3, 12)), "labels range over 12..12; mnist has classes 0..9"),
+    (dict(train_images=np.zeros(6)), "train-images-idx3-ubyte.gz holds an array of shape (6,); expected 3"),
+    ("cut", "cannot be read as gzip"),
+    ("not gzip", "cannot be read as gzip"),
+])
+def test_broken_idx_files_are_one_line(damage, needle, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_SYSTEM_DIR", tmp_path / "nowhere")
+    write_mnist(tmp_path, **(damage if isinstance(damage, dict) else {}))
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    if damage == "cut":
+        labels.write_bytes(labels.read_bytes()[:-9])
+    elif damage == "not gzip":
+        labels.write_bytes(b"hello, not gzip")
+    with pytest.raises(ConfigError) as e:
+        data.load("mnist", data_dir=tmp_path)
+    msg = one_line(e)
+    if "..." in needle:
+        assert "(6, 1, 28, 28) images and (5,) labels" in msg and str(tmp_path) in msg, msg
+    else:
+        assert needle in msg, msg
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("cut", "data_batch_3 is not a readable pickle"),
+    ("list", "data_batch_3 is not a CIFAR pickle with 'data' and 'labels'"),
+    ("labels", "data_batch_3: data of shape (2, 3072) (uint8) and (3,) labels"),
+    ("width", "data_batch_3: data of shape (2, 3000)"),
+    ("missing", "cifar-10-batches-py lacks test_batch"),
+])
+def test_broken_cifar_files_are_one_line(damage, needle, tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        bad = damage if name == "data_batch_3" else None
+        d = {b"data": np.zeros((2, 3000 if bad == "width" else 3072), np.uint8),
+             b"labels": [1, 2, 3] if bad == "labels" else [1, 2]}
+        raw = pickle.dumps([d] if bad == "list" else d)
+        if not (damage == "missing" and name == "test_batch"):
+            (folder / name).write_bytes(raw[:len(raw) // 2] if bad == "cut" else raw)
+    with pytest.raises(ConfigError) as e:
+        data.load("cifar10", data_dir=tmp_path)
+    assert needle in one_line(e)
+
+
+def test_a_data_dir_that_is_not_a_folder_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        data.load("fashion-mnist", data_dir=tmp_path / "typo")
+    assert "data_dir" in one_line(e) and "is not a directory" in str(e.value)
+    data.load("synthetic", data_dir=tmp_path / "typo")  # the built-in dataset reads no files
+
+
 def test_imagefolder_decodes_once_then_hits_the_cache(tmp_path, monkeypatch):
     from PIL import Image
 
@@ -316,6 +379,15 @@ def test_imagefolder_errors(tmp_path):
     with pytest.raises(ConfigError) as e:
         data.load("imagefolder", data_dir=tmp_path)
     assert "train/" in one_line(e)
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "cat" / "0.png")
+    (tmp_path / "train" / "empty").mkdir()  # would be a class with no sample
+    with pytest.raises(ConfigError) as e:
+        data.load("imagefolder", data_dir=tmp_path, image_size=8)
+    assert "class folder(s) empty in" in one_line(e)
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs the Debian package dataset-fashion-mnist")

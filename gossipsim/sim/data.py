@@ -27,6 +27,7 @@ import numbers
 import os
 import pickle
 import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class Dataset:
     classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    source: str = ""  # the folder it was read from ("" for the built-in dataset)
     # (scale, shift) per (device, dtype): building them from Python floats every batch would be a
     # host-to-device copy inside the round.
     _affine: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -108,6 +110,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, device: str | tor
         if k not in allowed:
             accepted = ", ".join(allowed) or "none"
             raise ConfigError(f"dataset {key!r} takes no option {k!r}; accepted: {accepted}")
+    if key != "synthetic" and data_dir is not None and not Path(data_dir).is_dir():
+        raise ConfigError(f"data_dir {str(data_dir)!r} is not a directory; give the folder that holds {key}'s files")
     if key == "synthetic":
         train, test = synthetic(**kw)
     elif key in ("mnist", "fashion-mnist"):
@@ -116,7 +120,21 @@ def load(name: str, data_dir: str | os.PathLike | None = None, device: str | tor
         train, test = _load_cifar(key, data_dir)
     else:
         train, test = _load_imagefolder(data_dir, **kw)
+    for split, d in (("train", train), ("test", test)):
+        _check(d, split)
     return train.to(device), test.to(device)
+
+
+def _check(d: Dataset, split: str) -> None:
+    """Images and labels that belong together: as many of each, labels among the classes (a mismatch would
+    silently drop samples, or fail rounds later inside a batch)."""
+    where = f"{d.name} {split} set" + (f" in {d.source}" if d.source else "")
+    if d.x.dim() != 4 or d.y.dim() != 1 or len(d.x) != len(d.y) or not len(d.y):
+        raise ConfigError(f"{where}: {tuple(d.x.shape)} images and {tuple(d.y.shape)} labels; expected (S, C, H, "
+                          f"W) images and S labels, S > 0")
+    low, high = int(d.y.min()), int(d.y.max())
+    if low < 0 or high >= d.classes:
+        raise ConfigError(f"{where}: labels range over {low}..{high}; {d.name} has classes 0..{d.classes - 1}")
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -189,8 +207,12 @@ _IDX_DIRS = {
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """The array in an idx file (the MNIST format), gzipped when the name ends in .gz."""
     path = Path(path)
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-        data = bytearray(f.read())  # writable, so torch.from_numpy does not warn
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            data = bytearray(f.read())  # writable, so torch.from_numpy does not warn
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ConfigError(f"{path} cannot be read as gzip ({str(e).splitlines()[0]}): cut short, or not "
+                          f"gzipped (then drop the .gz from its name)") from None
     if len(data) < 4 or data[0] or data[1] or data[2] not in _IDX_DTYPES:
         raise ConfigError(f"{path} is not an idx file (header {bytes(data[:4]).hex()}); "
                           "expected the MNIST idx format")
@@ -227,20 +249,24 @@ def _load_idx(key: str, data_dir: str | os.PathLike | None) -> tuple[Dataset, Da
             break
     else:
         how = ("install it with `apt-get install dataset-fashion-mnist` or put the four idx files in "
-               "--data-dir" if key == "fashion-mnist" else
-               "put the four idx files (from the MNIST site or torchvision's MNIST/raw) in --data-dir")
+               "--data_dir" if key == "fashion-mnist" else
+               "put the four idx files (from the MNIST site or torchvision's MNIST/raw) in --data_dir")
         raise ConfigError(f"dataset {key!r} not found: no {_IDX_FILES[0]}[.gz] and the other three idx files "
                           f"in {', '.join(map(str, places))}; {how}")
     xtr, ytr, xte, yte = (torch.from_numpy(read_idx(f)) for f in files)
+    for f, a, ndim in zip(files, (xtr, ytr, xte, yte), (3, 1, 3, 1), strict=True):
+        if a.dim() != ndim:
+            raise ConfigError(f"{f} holds an array of shape {tuple(a.shape)}; expected {ndim} dimensions "
+                              f"({'images S x H x W' if ndim == 3 else 'labels S'})")
     mean, std = STATS[key]
     if len(xtr) == 60000:
         # MNIST and Fashion-MNIST share file names: catch one standing in for the other.
         got = float(xtr.mean(dtype=torch.float64)) / 255
         if abs(got - mean[0]) > 0.05:
             raise ConfigError(f"the idx files in {folder} have mean pixel {got:.3f}, not {key}'s {mean[0]}: "
-                              f"another dataset; put {key}'s files in --data-dir/{_IDX_DIRS[key][0]}")
-    return (Dataset(key, xtr[:, None].contiguous(), ytr.long(), 10, mean, std),
-            Dataset(key, xte[:, None].contiguous(), yte.long(), 10, mean, std))
+                              f"another dataset; put {key}'s files in --data_dir/{_IDX_DIRS[key][0]}")
+    return (Dataset(key, xtr[:, None].contiguous(), ytr.long(), 10, mean, std, str(folder)),
+            Dataset(key, xte[:, None].contiguous(), yte.long(), 10, mean, std, str(folder)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,13 +283,22 @@ def read_cifar(files: list[Path], label_key: str) -> tuple[torch.Tensor, torch.T
     """Images (S, 3, 32, 32) uint8 and labels (S,) int64 from CIFAR python pickles."""
     xs, ys = [], []
     for path in files:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")  # the official format; only open files you trust
-        d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-        if "data" not in d or label_key not in d:
+        try:
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="bytes")  # the official format; only open files you trust
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
+            raise ConfigError(f"{path} is not a readable pickle ({type(e).__name__}): cut short or another "
+                              f"file; extract the CIFAR 'python version' archive again") from None
+        if isinstance(d, dict):
+            d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+        if not isinstance(d, dict) or "data" not in d or label_key not in d:
             raise ConfigError(f"{path} is not a CIFAR pickle with 'data' and {label_key!r}")
-        xs.append(torch.from_numpy(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)))
-        ys.append(torch.as_tensor(np.asarray(d[label_key], dtype=np.int64)))
+        x, y = np.asarray(d["data"]), np.asarray(d[label_key])
+        if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (len(x),):
+            raise ConfigError(f"{path}: data of shape {x.shape} ({x.dtype}) and {y.shape} labels; expected "
+                              f"S x 3072 uint8 images and S labels")
+        xs.append(torch.from_numpy(x.reshape(-1, 3, 32, 32)))
+        ys.append(torch.as_tensor(y.astype(np.int64)))
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -277,13 +312,19 @@ def _load_cifar(key: str, data_dir: str | os.PathLike | None) -> tuple[Dataset, 
         if all((place / f).is_file() for f in (*train_files, test_file)):
             break
     else:
+        partial = next((p for p in places if any((p / f).is_file() for f in (*train_files, test_file))), None)
+        if partial is not None:  # the folder is there, some files are not
+            lacks = [f for f in (*train_files, test_file) if not (partial / f).is_file()]
+            raise ConfigError(f"dataset {key!r}: {partial} lacks {', '.join(lacks)}; extract the CIFAR "
+                              f"'python version' archive there again")
         raise ConfigError(f"dataset {key!r} not found: no {folder}/{train_files[0]} in "
                           f"{', '.join(map(str, places))}; extract the CIFAR 'python version' archive "
-                          f"(or torchvision's download) into --data-dir")
+                          f"(or torchvision's download) into --data_dir")
     xtr, ytr = read_cifar([place / f for f in train_files], label_key)
     xte, yte = read_cifar([place / test_file], label_key)
     mean, std = STATS[key]
-    return Dataset(key, xtr, ytr, classes, mean, std), Dataset(key, xte, yte, classes, mean, std)
+    return (Dataset(key, xtr, ytr, classes, mean, std, str(place)),
+            Dataset(key, xte, yte, classes, mean, std, str(place)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,7 +369,7 @@ def _list_images(split: Path, classes: list[str]) -> tuple[list[Path], list[int]
 def _load_imagefolder(data_dir: str | os.PathLike | None, image_size: int = 64,
                       cache_dir: str | os.PathLike | None = None) -> tuple[Dataset, Dataset]:
     if data_dir is None:
-        raise ConfigError("dataset 'imagefolder' needs --data-dir: a folder with train/ and val/ (or test/) "
+        raise ConfigError("dataset 'imagefolder' needs --data_dir: a folder with train/ and val/ (or test/) "
                           "subfolders of class folders")
     if not _is_int(image_size) or image_size < 1:
         raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
@@ -341,6 +382,10 @@ def _load_imagefolder(data_dir: str | os.PathLike | None, image_size: int = 64,
         raise ConfigError(f"imagefolder: {root / 'train'} has no class folders")
     (tr_paths, tr_labels), (te_paths, te_labels) = (_list_images(root / "train", classes),
                                                     _list_images(test_dir, classes))
+    empty = [c for i, c in enumerate(classes) if i not in set(tr_labels)]
+    if empty and tr_paths:  # a class with no training image: a stray folder, or images of another extension
+        raise ConfigError(f"imagefolder: class folder(s) {', '.join(empty)} in {root / 'train'} hold no images "
+                          f"({', '.join(sorted(_IMAGE_EXTS))}); remove them or add their images")
     if not tr_paths or not te_paths:
         raise ConfigError(f"imagefolder: no images ({', '.join(sorted(_IMAGE_EXTS))}) under {root}/train "
                           f"or {test_dir}")
@@ -363,7 +408,7 @@ def _load_imagefolder(data_dir: str | os.PathLike | None, image_size: int = 64,
             except Exception:  # a truncated or foreign file: rebuild it
                 continue
             if d.get("fingerprint") == fingerprint:
-                return _imagefolder_sets(d)
+                return _imagefolder_sets(d, root)
     try:
         from PIL import Image  # noqa: F401
     except ImportError:
@@ -385,13 +430,13 @@ def _load_imagefolder(data_dir: str | os.PathLike | None, image_size: int = 64,
             break
         except OSError:
             continue  # read-only data folder: try the next place
-    return _imagefolder_sets(d)
+    return _imagefolder_sets(d, root)
 
 
-def _imagefolder_sets(d: dict) -> tuple[Dataset, Dataset]:
+def _imagefolder_sets(d: dict, root: Path) -> tuple[Dataset, Dataset]:
     k, mean, std = len(d["classes"]), tuple(d["mean"]), tuple(d["std"])
-    return (Dataset("imagefolder", d["train_x"], d["train_y"], k, mean, std),
-            Dataset("imagefolder", d["test_x"], d["test_y"], k, mean, std))
+    return (Dataset("imagefolder", d["train_x"], d["train_y"], k, mean, std, str(root)),
+            Dataset("imagefolder", d["test_x"], d["test_y"], k, mean, std, str(root)))
 
 
 # --------------------------------------------------------------------------------------------------

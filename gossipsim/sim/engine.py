@@ -112,8 +112,12 @@ class Engine:
             self.resume = None  # the engine's state now; no need to hold a second copy
 
     def describe_partition(self) -> str:
-        """Per-agent shard sizes and label histograms, as a short human report."""
-        return self.partition.describe(self.train.y.cpu(), self.train.classes)
+        """The data read (from where) and the per-agent shard sizes and label histograms, as a short report."""
+        tr, te = self.train, self.test
+        source = f" from {tr.source}" if tr.source else ""
+        data = (f"data: {tr.name}{source}: {len(tr)} train and {len(te)} test images of "
+                f"{'x'.join(map(str, tr.shape))}, {tr.classes} classes")
+        return data + "\n" + self.partition.describe(tr.y.cpu(), tr.classes)
 
     # ----------------------------------------------------------------------------------------------
     def _inputs(self, idx: torch.Tensor, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
