@@ -372,6 +372,25 @@ def test_imagefolder_decodes_once_then_hits_the_cache(tmp_path, monkeypatch):
         data.load("imagefolder", data_dir=tmp_path, image_size=8)
 
 
+def test_imagefolder_size_from_the_command_line(tmp_path, capsys):
+    from PIL import Image
+
+    from gossipsim.sim.cli import main
+
+    for split, count in (("train", 4), ("val", 2)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for k in range(count):
+                Image.new("RGB", (40, 30), (40 * k, 0, 200)).save(tmp_path / split / c / f"{k}.png")
+    args = ["run", "--dataset=imagefolder", f"--data_dir={tmp_path}", "--image_size=12", "--agents=2",
+            "--rounds=1", "--batch_size=2", "--progress=false", f"--out={tmp_path / 'run'}"]
+    assert main(args) == 0
+    assert "data: imagefolder from" in capsys.readouterr().err
+    assert "8 train and 4 test images of 3x12x12, 2 classes" in (tmp_path / "run" / "partition.txt").read_text()
+    assert main(["run", "--dataset=mnist", "--image_size=12"]) == 2
+    assert "image_size=12 is for dataset imagefolder" in capsys.readouterr().err
+
+
 def test_imagefolder_errors(tmp_path):
     with pytest.raises(ConfigError) as e:
         data.load("imagefolder")

@@ -81,12 +81,13 @@ class Config:
     dataset: str = key("synthetic", "synthetic | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder")
     data_dir: str | None = key(None, "where the dataset files are (fashion-mnist is also found in "
                                      "/usr/share/datasets)")
+    image_size: int = key(64, "imagefolder: the side in pixels its images are resized and center-cropped to")
     model: str = key("mlp", "mlp | lenet5 | resnet20 | resnet18 | mobilenet_v2")
     norm: str | None = key(None, "normalization of the ResNets: bn | gn | none")
     partition: str = key("iid", "iid | dirichlet | shards")
     alpha: float = key(0.5, "dirichlet concentration (small: each agent sees few classes)")
     shards_per_agent: int = key(2, "label-sorted shards per agent for partition=shards")
-    augment: bool = key(False, "random crop (padding 4) and horizontal flip")
+    augment: bool = key(False, "random crop (padding 4, black) and horizontal flip")
     seed: int = key(0, "seed of initialization, partition, sampling and augmentation")
     graph_seed: int | None = key(None, "seed of a random topology and its random schedule (default: seed), to keep "
                                        "one graph across training seeds")
@@ -131,6 +132,9 @@ class Config:
             raise ConfigError(f"algorithm matcha samples matchings of its topology, got topology={self.topology!r}; "
                               f"give BASE+matcha:CB, e.g. {self.topology.partition('+')[0]}+matcha:0.5")
         _choice("dataset", self.dataset, DATASETS)
+        if self.image_size != 64 and self.dataset != "imagefolder":
+            raise ConfigError(f"image_size={self.image_size} is for dataset imagefolder; {self.dataset}'s images "
+                              f"have a size of their own")
         _choice("model", self.model, models.names())
         _choice("partition", self.partition, PARTITIONS)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
@@ -145,7 +149,8 @@ class Config:
         if self.norm is not None:
             _choice("norm", self.norm, ("bn", "gn", "none"))
         for key, low in (("agents", 2), ("rounds", 1), ("batch_size", 1), ("eval_every", 1),
-                         ("shards_per_agent", 1), ("warmup", 0), ("chunk_size", 0), ("eval_samples", 0)):
+                         ("shards_per_agent", 1), ("warmup", 0), ("chunk_size", 0), ("eval_samples", 0),
+                         ("image_size", 1)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be an integer >= {low}, got {getattr(self, key)}")
         if self.checkpoint_every is not None and (self.checkpoint_every < 0 or self.checkpoint_every % self.eval_every):

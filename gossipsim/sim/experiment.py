@@ -30,7 +30,8 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     device = torch.device(cfg.device)
     if device.type == "cpu":
         keep_freed_memory()
-    train, test = data.load(cfg.dataset, cfg.data_dir, device=device)
+    options = dict(image_size=cfg.image_size) if cfg.dataset == "imagefolder" else {}
+    train, test = data.load(cfg.dataset, cfg.data_dir, device=device, **options)
     if cfg.eval_samples:
         test = dataclasses.replace(test, x=test.x[:cfg.eval_samples], y=test.y[:cfg.eval_samples])
     part = data.partition(train.y.cpu(), cfg.agents, cfg.partition, alpha=cfg.alpha,
