@@ -82,7 +82,14 @@ def decompose_graph(g: nx.Graph) -> list[list[tuple[int, int]]]:
 
 
 def activation_probabilities(laplacians: torch.Tensor, budget: float, iterations: int = 400) -> torch.Tensor:
-    """argmax_p lambda_2(sum_j p_j L_j) s.t. sum p <= budget * M, 0 <= p <= 1, by projected supergradient ascent."""
+    """argmax_p lambda_2(sum_j p_j L_j) s.t. sum p <= budget * M, 0 <= p <= 1 (MATCHA's code solves this SDP with
+    cvxpy). Projected supergradient ascent gets near the optimum; where lambda_2 is a multiple eigenvalue its
+    steps zigzag (2.8% short of the optimum on exponential:32 at budget 0.1), so a smoothed ascent finishes."""
+    p = _supergradient_ascent(laplacians, budget, iterations)
+    return _smoothed_ascent(laplacians, budget * laplacians.shape[0], p)
+
+
+def _supergradient_ascent(laplacians: torch.Tensor, budget: float, iterations: int) -> torch.Tensor:
     m = laplacians.shape[0]
     cap = budget * m
     p = torch.full((m,), min(budget, 1.0), dtype=torch.float64)  # feasible and symmetric start
@@ -97,6 +104,41 @@ def activation_probabilities(laplacians: torch.Tensor, budget: float, iterations
         if value > best_value + 1e-14:
             best, best_value = p.clone(), value
     return best
+
+
+def _smoothed_ascent(laplacians: torch.Tensor, cap: float, p: torch.Tensor, levels: int = 8,
+                     steps: int = 40) -> torch.Tensor:
+    """p refined by projected gradient ascent on f_mu(p) = -mu log sum_{i>=2} exp(-lambda_i / mu), a smooth
+    concave lower bound of lambda_2 within mu log(N - 1), for mu shrinking from 1e-2 to 1e-7 of lambda_max;
+    step lengths adapt by backtracking. Returns the point of largest lambda_2 seen, p included."""
+    scale = float(torch.linalg.eigvalsh(laplacians.sum(0))[-1])  # lambda_max with every matching active
+    best, best_value = p, _lambda2(laplacians, p)
+    step = 1 / scale
+    for level in range(levels):
+        mu = scale * 1e-2 * 1e-5 ** (level / (levels - 1))
+        value, grad, _ = _smoothed(laplacians, p, mu)
+        for _ in range(steps):
+            while True:  # accept q once f_mu(q) clears the quadratic model of f_mu at p
+                q = _project(p + step * grad, cap)
+                d = q - p
+                q_value, q_grad, q_lambda2 = _smoothed(laplacians, q, mu)
+                if q_value >= value + float(grad @ d) - float(d @ d) / (2 * step) or step < 1e-14:
+                    break
+                step /= 2
+            if q_lambda2 > best_value:
+                best, best_value = q.clone(), q_lambda2
+            p, value, grad, step = q, q_value, q_grad, step * 1.5
+            if float(d.abs().max()) < 1e-13:  # converged at this mu
+                break
+    return best
+
+
+def _smoothed(laplacians: torch.Tensor, p: torch.Tensor, mu: float) -> tuple[float, torch.Tensor, float]:
+    """(f_mu(p), its gradient (M,), lambda_2(p)) from one eigendecomposition."""
+    ev, vec = torch.linalg.eigh(torch.einsum("m,mij->ij", p, laplacians))
+    z = -(ev[1:] - ev[1]) / mu  # (N-1,) the eigenvalues above the constant vector's 0
+    grad = torch.einsum("ik,mij,jk,k->m", vec[:, 1:], laplacians, vec[:, 1:], torch.softmax(z, 0))
+    return float(ev[1] - mu * torch.logsumexp(z, 0)), grad, float(ev[1])
 
 
 def mixing_alpha(laplacians: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
