@@ -177,3 +177,21 @@ def test_a_finished_run_does_not_count_for_a_changed_sweep_file(tmp_path, capsys
     assert main(["sweep", str(path), "--list"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "summary.json' is not gossipsim's JSON" in err
+
+
+def test_plot_a_run_that_sends_nothing_and_skip_a_set_aside_attempt(tmp_path, capsys):
+    import shutil
+
+    sweep_dir = tmp_path / "sw"
+    for name, algorithm in (("a", "local"), ("b", "dsgd")):
+        sim.build(sim.Config(algorithm=algorithm, agents=3, rounds=2, eval_every=1, batch_size=4, eval_samples=50,
+                             progress=False, out=str(sweep_dir / name))).run(2)
+    # local sends no bits: the bits panel has no point for a log axis (a matplotlib traceback before)
+    assert main(["plot", str(sweep_dir / "a"), f"--out={tmp_path / 'a.png'}"]) == 0
+    shutil.copytree(sweep_dir / "b", sweep_dir / "b.interrupted1")  # what a sweep sets aside and runs again
+    assert [r.path.name for r in sweep.results.find_runs([sweep_dir])] == ["a", "b"]
+    assert len(sweep.results.find_runs([sweep_dir / "b.interrupted1"])) == 1  # named, it is read
+    capsys.readouterr()
+    assert main(["plot", str(sweep_dir), f"--out={tmp_path / 'no' / 'such' / 'x.png'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "no" / "such" / "x.png") in err and ".tmp" not in err, err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,9 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
         if (p / "metrics.jsonl").exists():
             runs.append(load_run(p))
         elif p.is_dir():
-            found = sorted(d for d in p.iterdir() if (d / "metrics.jsonl").exists())
+            # a sweep's NAME.interrupted1 is an attempt it set aside and ran again as NAME: not another seed
+            found = sorted(d for d in p.iterdir() if (d / "metrics.jsonl").exists()
+                           and not re.search(r"\.interrupted\d+$", d.name))
             if not found:
                 raise ConfigError(f"{str(p)!r} holds no run directories (folders with a metrics.jsonl)")
             runs += [load_run(d) for d in found]
@@ -154,7 +157,7 @@ def plot(runs: list[Run], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax_round, ax_bits, ax_cons) = plt.subplots(1, 3, figsize=(15, 4))
-    apart = False  # any group whose agents disagree: else the log axis below has nothing to show
+    apart = sent_any = False  # any group whose agents disagree, any that sent bits: else a log axis shows nothing
     for label, members in group(runs).items():
         seeds = f" ({len(members)} seeds)" if len(members) > 1 else ""
         rounds, bits, acc, acc_std = mean_std(members, "test_acc")
@@ -162,6 +165,7 @@ def plot(runs: list[Run], path: str | Path) -> Path:
         ax_round.fill_between(rounds, 100 * (acc - acc_std), 100 * (acc + acc_std), color=line.get_color(),
                               alpha=0.2, linewidth=0)
         sent = bits > 0  # a log axis: round 0 (and runs that never communicate) sit at 0 bits
+        sent_any = sent_any or bool(sent.any())
         ax_bits.plot(bits[sent], 100 * acc[sent], color=line.get_color())
         ax_bits.fill_between(bits[sent], 100 * (acc - acc_std)[sent], 100 * (acc + acc_std)[sent],
                              color=line.get_color(), alpha=0.2, linewidth=0)
@@ -172,7 +176,7 @@ def plot(runs: list[Run], path: str | Path) -> Path:
         ax_cons.fill_between(rounds, np.maximum(cons - cons_std, cons * 1e-3), cons + cons_std,
                              color=line.get_color(), alpha=0.2, linewidth=0)
     ax_round.set(xlabel="round", ylabel="test accuracy of the averaged model (%)")
-    ax_bits.set(xlabel="bits sent per agent", ylabel="test accuracy (%)", xscale="log")
+    ax_bits.set(xlabel="bits sent per agent", ylabel="test accuracy (%)", xscale="log" if sent_any else "linear")
     ax_cons.set(xlabel="round", ylabel="consensus distance", yscale="log" if apart else "linear")
     for ax in (ax_round, ax_bits, ax_cons):
         ax.grid(alpha=0.3)
@@ -181,7 +185,11 @@ def plot(runs: list[Run], path: str | Path) -> Path:
                ncol=2, frameon=False)  # below the panels: the labels are long
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix or '.png'}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    except OSError as e:  # named by the path asked for, not the temporary file beside it
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        plt.close(fig)
     os.replace(tmp, path)
     return path
