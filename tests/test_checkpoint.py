@@ -215,6 +215,31 @@ def test_a_signal_before_the_first_checkpoint_says_how_to_start_again(signum, tm
     assert (run / "metrics.jsonl").read_text().count("\n") == 1
 
 
+def test_a_ctrl_c_while_torch_loads_is_one_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "gossipsim", "run", f"--out={tmp_path / 'r'}"],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # the interpreter is up, torch is not (it takes seconds)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_a_finished_run_is_extended_not_resumed_again(tmp_path, capsys):
+    run = tmp_path / "r"
+    args = ["--agents=3", "--rounds=2", "--eval_every=2", "--batch_size=4", "--eval_samples=50", "--progress=false"]
+    assert main(["run", *args, f"--out={run}"]) == 0
+    capsys.readouterr()
+    assert main(["run", f"--resume={run}"]) == 2
+    assert "has its 2 rounds already; give the total it should reach to extend it" in capsys.readouterr().err
+    assert main(["run", *args, f"--out={run}"]) == 2  # the same out again
+    assert f"already holds a run (metrics.jsonl); continue or extend it with --resume={run}" in \
+        capsys.readouterr().err
+    (run / checkpoint.NAME).unlink()  # as a run stopped before its first checkpoint leaves it
+    assert main(["run", *args, f"--out={run}"]) == 2
+    assert "it stopped before its first checkpoint, so there is nothing to resume: remove it" in \
+        capsys.readouterr().err
+
+
 def test_divergence_exits_3_naming_round_and_agents_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "r"
     # lr jumps from 0.1 to 1e29 at round 4: rounds 0..3 are fine and checkpointed at round 4; the loss at the

@@ -84,7 +84,7 @@ def test_quickstart_at_tiny_size(tmp_path):
     again, _ = experiment.quickstart(tmp_path / "qs", algorithms=("dsgd",), **small)
     assert again[0]["test_acc"] == rows[0]["test_acc"]
     kept = (tmp_path / "qs" / "dsgd" / "metrics.jsonl").read_text()
-    with pytest.raises(ConfigError, match=r"qs/dsgd' holds an earlier run with other rounds: remove it"):
+    with pytest.raises(ConfigError, match=r"qs/dsgd' holds an earlier run with other rounds: move it away"):
         experiment.quickstart(tmp_path / "qs", algorithms=("dsgd",), **{**small, "rounds": 6})
     assert (tmp_path / "qs" / "dsgd" / "metrics.jsonl").read_text() == kept
     with pytest.raises(ConfigError, match="quickstart algorithm 'nope': accepted: dsgd, "):

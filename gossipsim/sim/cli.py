@@ -114,7 +114,11 @@ def cmd_run(argv: list[str]) -> int:
               "built-in synthetic dataset), a results table and runs/quickstart/.\n\n" + _keys_help())
         return 0
     if not argv:
-        rows, plot = quickstart(progress=sys.stderr.isatty())
+        try:
+            rows, plot = quickstart(progress=sys.stderr.isatty())
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("run `gossipsim run` again to redo the quickstart (it replaces its own "
+                                    "runs)") from None
         print(results_table(rows))
         print(f"\nrun directories and {plot.name} in {plot.parent}/")
         return 0
@@ -129,6 +133,9 @@ def cmd_run(argv: list[str]) -> int:
             raise ConfigError(f"--resume continues the run in {resume_dir} with its own config; drop {path}")
         engine = resume(resume_dir, **overrides)
         cfg = Config.from_dict(engine.config)
+        if engine.t >= cfg.rounds:
+            raise ConfigError(f"the run in {resume_dir} has its {cfg.rounds} rounds already; give the total it "
+                              f"should reach to extend it: --rounds={2 * cfg.rounds}, say")
         print(f"resuming {resume_dir} at round {engine.t} of {cfg.rounds}", file=sys.stderr)
     else:
         values = load_toml(path) if path else {}
@@ -151,7 +158,8 @@ def cmd_run(argv: list[str]) -> int:
         raise
     except KeyboardInterrupt:
         if (engine.run_dir.path / "checkpoint.pt").exists():
-            raise KeyboardInterrupt(f"continue with: gossipsim run --resume={engine.run_dir.path}") from None
+            raise KeyboardInterrupt(f"continue from its last checkpoint (round {engine.checkpoint_round}) with: "
+                                    f"gossipsim run --resume={engine.run_dir.path}") from None
         raise KeyboardInterrupt(f"no checkpoint was written yet, so there is nothing to resume: to start again, "
                                 f"remove {engine.run_dir.path} or give another --out") from None
     row = {"algorithm": cfg.algorithm, **history[-1], "samples_per_s": engine.summary()["samples_per_s"]}
@@ -187,7 +195,11 @@ def cmd_sweep(argv: list[str]) -> int:
             print(f"{sweep.status(point):<12} {point.name}")
         print(f"{len(points)} runs in {out}/")
         return 0
-    csv = sweep.run(ns.file, progress=sys.stderr.isatty())
+    try:
+        csv = sweep.run(ns.file, progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"run `gossipsim sweep {ns.file}` again to go on: it skips finished runs and "
+                                f"resumes the rest") from None
     print(f"results: {csv} (a row per run per evaluation); plot them with: gossipsim plot {csv.parent}")
     return 0
 

@@ -83,7 +83,7 @@ class Engine:
             raise ConfigError(f"checkpoint_every must be 0 (none) or a multiple of eval_every={self.eval_every} "
                               f"(checkpoints are taken at evaluations), got {every}")
         self.checkpoint_interval = every
-        self._checkpoint_round: int | None = None  # the round of the last checkpoint in out/
+        self.checkpoint_round: int | None = None  # the round of the last checkpoint in out/
         self.meter = Meter(n, self.device)
         self.t = 0
         self._t_dev, self._t_at = torch.zeros((), dtype=torch.int64, device=self.device), 0  # round t, on device
@@ -251,8 +251,8 @@ class Engine:
             if finite.all():
                 return
             at, what, agents = self.t, "the parameters", (~finite).nonzero().flatten().tolist()
-        kept = f"{self.run_dir.path / ckpt.NAME} (round {self._checkpoint_round})" \
-            if self._checkpoint_round is not None else None
+        kept = f"{self.run_dir.path / ckpt.NAME} (round {self.checkpoint_round})" \
+            if self.checkpoint_round is not None else None
         error = Diverged(at, agents, what, kept)
         if self.run_dir is not None:
             self.run_dir.write_json("summary.json", {**self.summary(), "diverged": {
@@ -363,7 +363,7 @@ class Engine:
         if self.model.backend == "auto":  # the backend measured before, not a new measurement
             self.model.backend = d["backend"]
         self.train_time, self.setup_time, self.compile_time = d["train_time"], d["setup_time"], d["compile_time"]
-        self.t = self._checkpoint_round = int(d["round"])
+        self.t = self.checkpoint_round = int(d["round"])
         if self.run_dir is not None:
             self.run_dir.keep_metrics(len(self.history))
 
@@ -372,7 +372,7 @@ class Engine:
         if self.run_dir is None:
             raise ConfigError("save_checkpoint needs a run directory: give the engine out=")
         path = ckpt.save(self.state_dict(), self.run_dir.path / ckpt.NAME)
-        self._checkpoint_round = self.t
+        self.checkpoint_round = self.t
         return path
 
     @contextlib.contextmanager

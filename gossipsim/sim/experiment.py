@@ -184,8 +184,8 @@ def _replace_own_run(path: Path, cfg: Config) -> None:
     changed = changed_settings(earlier or {}, cfg, ignore=("backend", "progress"))
     if earlier is None or changed:
         what = "no readable config.json" if earlier is None else f"other {', '.join(changed)}"
-        raise ConfigError(f"{str(path)!r} holds an earlier run with {what}: remove it, or give the quickstart "
-                          "another out")
+        raise ConfigError(f"{str(path)!r} holds an earlier run with {what}: move it away (the quickstart "
+                          f"writes runs/quickstart/; from Python, quickstart(out=...) takes another folder)")
     shutil.rmtree(path)
 
 

@@ -123,8 +123,9 @@ class RunDir:
     def __init__(self, path: str | Path, resume: bool = False):
         self.path = Path(path)
         if not resume and (self.path / "metrics.jsonl").exists():  # appending would mix two runs in one file
-            raise ConfigError(f"{str(self.path)!r} already holds a run (metrics.jsonl): continue it with "
-                              f"--resume={self.path}, or give another out")
+            how = (f"continue or extend it with --resume={self.path}" if (self.path / "checkpoint.pt").exists()
+                   else "it stopped before its first checkpoint, so there is nothing to resume: remove it")
+            raise ConfigError(f"{str(self.path)!r} already holds a run (metrics.jsonl); {how}, or give another out")
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, name: str, data: Any) -> None:
