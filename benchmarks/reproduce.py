@@ -161,10 +161,12 @@ def main() -> None:
 
 def table(rows: list[dict]) -> str:
     ref = rows[0]
-    lines = ["| run | test acc (mean ± std) | vs first | bits per agent | vs first | sparsity |",
-             "|---|---|---|---|---|---|"]
+    one = len(ref["seeds"]) == 1  # no spread to show: "± 0.00" would read as a measured one
+    lines = [f"| run | test acc ({'seed ' + str(ref['seeds'][0]) if one else 'mean ± std'}) | vs first | "
+             "bits per agent | vs first | sparsity |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f}% "
+        spread = "" if one else f" ± {r['acc_std']:.2f}"
+        lines.append(f"| {r['label']} | {r['acc_mean']:.2f}{spread}% "
                      f"| {r['acc_mean'] - ref['acc_mean']:+.2f} | {r['bits']:.3g} | {r['bits'] / ref['bits']:.3g}x "
                      f"| {r['sparsity']:.3f} |")
     return "\n".join(lines)

@@ -44,9 +44,9 @@ class Config:
     algorithm: str = key("dsgd", "a registered algorithm: dsgd, dpsgd, allreduce, local, choco, choco_parallel, "
                                  "adagossip, matcha, al_dsgd, malcom_psgd, adacons")
     topology: str = key("ring", "ring, torus, grid, dyck, petersen, complete, star, hypercube, exponential, "
-                                "erdos_renyi:P, random_regular:D, small_world:K,P (size from agents; or ring:16, ...); "
-                                "time-varying: one_peer_exponential, random_matching, or BASE+fail:P, "
-                                "BASE+matcha:CB, BASE+rotate")
+                                "circulant:1,4, erdos_renyi:P, random_regular:D, small_world:K,P (size from agents; "
+                                "or ring:16, ...); time-varying: one_peer_exponential, random_matching, or "
+                                "BASE+fail:P, BASE+matcha:CB, BASE+rotate[:K]")
     weights: str = key("metropolis", "mixing weights: metropolis | uniform | max_degree | laplacian")
     # An algorithm's own hyperparameters: None leaves the algorithm's default (sim.algorithms.hyperparameters(name)).
     compressor: str | None = key(None, "what CHOCO, AdaGossip and MALCOM-PSGD agents send: identity, top_k:F, "
