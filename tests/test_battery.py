@@ -14,8 +14,9 @@ from gossipsim.sim.algorithms import SGDState, battery
 WIDER = {  # the largest values over 40 seeds in a comment
     "adacons": dict(tolerance=None),  # weights each agent's gradient by its alignment: a reweighted sum (1.7)
     "al_dsgd": dict(tolerance=None),  # its pull towards the lowest-loss neighbour is not lr-scaled (1.5)
-    "choco": dict(tolerance=0.3, disagreement=0.3),  # top-40% compression adds to the step's bias (0.17, 0.14)
-    "choco_parallel": dict(tolerance=0.3, disagreement=0.3),  # (0.20, 0.16)
+    # top-40% compression adds to the step's bias; over 400 seeds (0.32, 0.14) and (0.33, 0.14)
+    "choco": dict(tolerance=0.45, disagreement=0.3),
+    "choco_parallel": dict(tolerance=0.45, disagreement=0.3),
     "local": dict(tolerance=None, disagreement=None),  # each agent goes to its own minimizer
     "malcom_psgd": dict(tolerance=0.75, disagreement=0.9),  # the l1 proximal step shrinks towards 0 (0.51, 0.64)
 }

@@ -135,7 +135,7 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
                                   algorithm="choco", compressor="top_k:0.1", momentum=0.9, out=str(tmp_path / "r")))
     engine.run(2)
     state = torch.load(tmp_path / "r" / checkpoint.NAME, weights_only=True)
-    assert state["round"] == 2 and set(state["state"]) == {"x", "x_hat", "buf"}
+    assert state["round"] == 2 and set(state["state"]) == {"x", "x_hat", "pending", "buf"}
     assert torch.equal(state["state"]["x_hat"], engine.state.x_hat)
     assert {"sampler", "augment_rng", "rng", "meter", "history", "buffers", "config"} <= set(state)
 

@@ -40,6 +40,10 @@ def test_compiled_rounds_equal_eager_and_never_recompile(keys, tmp_path):
             compiled.step()
             torch.testing.assert_close(compiled.state.x, eager.state.x, rtol=1e-10, atol=1e-12)
     assert compiled.summary()["compile_time"] == compiled.compile_time <= compiled.setup_time
+    # the compiling round's time is compile time, so its samples are not in samples/s either
+    assert (compiled.untimed_rounds, eager.untimed_rounds) == (1, 0)
+    assert compiled.evaluate(window_time=1.0)["samples_per_s"] == 7 * 6 * 8
+    assert eager.evaluate(window_time=1.0)["samples_per_s"] == 8 * 6 * 8
 
 
 def test_compile_key_is_checked():

@@ -35,7 +35,8 @@ def test_estimate_counts_the_algorithms_copies_of_x(name, hyper, copies):
     for dtype in (torch.float32, torch.float64):
         width = torch.empty((), dtype=dtype).element_size()
         est = memory.estimate(model, algorithms.make(name, lr=0.1, **hyper), 5, (3, 4), dtype)
-        assert est.parts["state"] == copies * n * p * width
+        pending = n * n * 8 if name == "choco" else 0  # float64 bits waiting on each link
+        assert est.parts["state"] == copies * n * p * width + pending
         assert est.parts["gradients"] == n * p * width
         assert est.parts["activations"] == 2 * n * (5 * (12 + 7 + 7 + 3)) * width
         assert est.total == sum(est.parts.values())

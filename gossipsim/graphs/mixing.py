@@ -197,10 +197,15 @@ class Mixing:
         return upload(order, self.W.device)
 
     @cached_property
-    def degrees(self) -> torch.Tensor:
-        """Active out-degree of each agent, (N,) int64 on W's device."""
+    def links(self) -> torch.Tensor:
+        """(N, N) bool on W's device: links[i, j] when agent i mixes agent j's model this round (i != j)."""
         A = self.W != 0
-        return A.sum(1) - A.diagonal().to(torch.int64)
+        return A.fill_diagonal_(False)
+
+    @cached_property
+    def degrees(self) -> torch.Tensor:
+        """Active out-degree of each agent: how many agents mix its model this round, (N,) int64 on W's device."""
+        return self.links.sum(0)
 
     @cached_property
     def edges(self) -> int:

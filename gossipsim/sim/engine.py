@@ -89,6 +89,8 @@ class Engine:
         self._t_dev, self._t_at = torch.zeros((), dtype=torch.int64, device=self.device), 0  # round t, on device
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
+        # rounds whose time went to compile_time, not train_time (a compiling round): samples/s leaves them out
+        self.untimed_rounds, self._untimed_counted = 0, 0
         self.setup_time = 0.0  # choosing the backend (auto), compiling
         self.compile_time = 0.0  # the rounds that compiled (part of setup_time)
         self._compiled_round: Callable | None = None
@@ -155,6 +157,7 @@ class Engine:
             self.sync()
             self.compile_time += time.perf_counter() - start
             self.setup_time += time.perf_counter() - start
+            self.untimed_rounds += 1
         self.meter.add(stats, t)
         self.t += 1
         return stats
@@ -276,6 +279,8 @@ class Engine:
         avg_loss, avg_acc = self.model.evaluate(x.mean(0, keepdim=True), self.buffers.mean(0, keepdim=True),
                                                 inputs, test.y)
         window_rounds = self.meter.rounds
+        timed_rounds = window_rounds - (self.untimed_rounds - self._untimed_counted)
+        self._untimed_counted = self.untimed_rounds
         extra = self.meter.window_extra()
         train_loss = self.meter.window_loss()
         row = {
@@ -295,7 +300,7 @@ class Engine:
                        agent_acc_max=float(acc.max()))
         row.update({k: float(v.mean()) for k, v in extra.items()})  # an algorithm's own: over agents and rounds
         row.update(train_time=self.train_time,
-                   samples_per_s=window_rounds * n * self.batch_size / window_time if window_time else 0.0,
+                   samples_per_s=timed_rounds * n * self.batch_size / window_time if window_time else 0.0,
                    eval_time=time.perf_counter() - start)
         self.history.append(row)
         if self.run_dir is not None:
@@ -322,7 +327,7 @@ class Engine:
                 "sampler": self.sampler.state_dict(), "augment_rng": self.augment_rng.get_state(),
                 "rng": self._rng, "meter": self.meter.state_dict(), "history": list(self.history),
                 "backend": self.model.backend, "train_time": self.train_time, "setup_time": self.setup_time,
-                "compile_time": self.compile_time, "config": self.config,
+                "compile_time": self.compile_time, "untimed_rounds": self.untimed_rounds, "config": self.config,
                 "hyperparameters": plain_items(self.algorithm.hyper)}
 
     # what load_state_dict reads of a state_dict()
@@ -363,6 +368,7 @@ class Engine:
         if self.model.backend == "auto":  # the backend measured before, not a new measurement
             self.model.backend = d["backend"]
         self.train_time, self.setup_time, self.compile_time = d["train_time"], d["setup_time"], d["compile_time"]
+        self.untimed_rounds = self._untimed_counted = d.get("untimed_rounds", 0)  # older checkpoints: none recorded
         self.t = self.checkpoint_round = int(d["round"])
         if self.run_dir is not None:
             self.run_dir.keep_metrics(len(self.history))
@@ -393,7 +399,8 @@ class Engine:
                 "backend_timings": getattr(self.model, "timings", None), "setup_time": self.setup_time,
                 "compile": self.compile, "compile_time": self.compile_time,
                 "rounds": self.t, "hyperparameters": plain_items(self.algorithm.hyper),
-                "samples_per_s": self.t * self.model.n * self.batch_size / max(self.train_time, 1e-12),
+                "samples_per_s": (self.t - self.untimed_rounds) * self.model.n * self.batch_size
+                / max(self.train_time, 1e-12),
                 "final": last}
 
     def sync(self) -> None:

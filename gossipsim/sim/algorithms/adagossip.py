@@ -24,14 +24,15 @@ import torch
 
 from ... import kernels
 from ..local import descend_
-from .base import Round, check_range, register
-from .choco import _parts
+from .base import Round, check_range, delivered_bits, register
+from .choco import _parts, waiting
 
 
 class AdaGossipState(NamedTuple):
     x: torch.Tensor  # (N, P)
     x_hat: torch.Tensor  # (N, P) public copies
     u: torch.Tensor  # (N, P) second raw moment of the gossip error
+    pending: torch.Tensor  # (N, N) float64: bits of messages not yet delivered, [receiver, sender]
     buf: torch.Tensor | None  # (N, P) local momentum
 
 
@@ -45,7 +46,7 @@ def adagossip(lr, gamma: float = 1.0, beta: float = 0.999, eps: float = 1e-8,
     opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
 
     def init(x0: torch.Tensor) -> AdaGossipState:
-        return AdaGossipState(x0.clone(), torch.zeros_like(x0), torch.zeros_like(x0), opt.init(x0))
+        return AdaGossipState(x0.clone(), torch.zeros_like(x0), torch.zeros_like(x0), waiting(x0), opt.init(x0))
 
     def step(state: AdaGossipState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
@@ -61,6 +62,7 @@ def adagossip(lr, gamma: float = 1.0, beta: float = 0.999, eps: float = 1e-8,
         correction = 1 - beta ** (torch.as_tensor(rnd.t, dtype=torch.float64) + 1)  # 0-dim; t counts from 1
         step_size = (u / correction).sqrt_().add_(eps).reciprocal_().mul_(gamma).clamp_(max=1.0)  # Gamma (N, P)
         x.addcmul_(step_size, e)
-        return AdaGossipState(x, state.x_hat, u, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
+        bits = delivered_bits(state.pending, bits, rnd.mixing)
+        return AdaGossipState(x, state.x_hat, u, state.pending, buf), {"loss": loss, "bits": bits}
 
     return init, step

@@ -139,6 +139,22 @@ def _closest(word: str, choices) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def delivered_bits(pending: torch.Tensor, bits: torch.Tensor, mixing) -> torch.Tensor:
+    """Bits each agent sends this round when its messages update public copies (CHOCO's x_hat), which every
+    agent that mixes them must hold current: (N,) float64.
+
+    bits (N,): each agent's message of this round. pending (N, N) float64 [receiver, sender], updated in place:
+    the bits of the messages a sender made since it last reached that receiver. A link active this round
+    delivers what waited on it. On a static topology that is bits * degree; on a time-varying one a message
+    made while a link is down is paid for when the link is next up (a copy cannot catch up for free).
+    """
+    pending.add_(bits.to(pending.dtype))  # this round's message waits at every receiver
+    links = mixing.links  # (N, N) bool [receiver, sender]
+    sent = pending.mul(links).sum(0)  # (N,) what each sender's active links carry
+    pending.masked_fill_(links, 0.0)
+    return sent
+
+
 def gossip_bits(mixing, p: int) -> torch.Tensor:
     """Bits each agent sends in one uncompressed gossip round: a float32 model to each active neighbour. (N,)"""
     return mixing.degrees.to(torch.float64) * (BITS_PER_VALUE * p)

@@ -23,7 +23,8 @@ round, as `choco` forms it (every agent holding current copies of this round's n
 numbers on a static W up to rounding, one gossip product a round as before, and no (N, P) S to keep.
 
 X_hat starts at 0. Communication: one compressed message per agent to each active neighbour, its bits
-from the compressor's encoding. State tensors are updated in place: no (N, P) temporaries a round
+from the compressor's encoding; on a time-varying topology a message made while a link was down is paid
+for when the link is next up (base.delivered_bits). State tensors are updated in place: no (N, P) temporaries a round
 besides the compressor's.
 """
 from __future__ import annotations
@@ -34,13 +35,19 @@ import torch
 
 from ... import kernels
 from ..local import LocalSGD, as_schedule, descend_
-from .base import Round, check_range, register
+from .base import Round, check_range, delivered_bits, register
 
 
 class ChocoState(NamedTuple):
     x: torch.Tensor  # (N, P)
     x_hat: torch.Tensor  # (N, P) public copies: what every neighbour knows of agent i
+    pending: torch.Tensor  # (N, N) float64: bits of messages not yet delivered, [receiver, sender]
     buf: torch.Tensor | None  # (N, P) local momentum, None without momentum
+
+
+def waiting(x0: torch.Tensor) -> torch.Tensor:
+    """The pending bits of a new state: none, (N, N) float64 (base.delivered_bits)."""
+    return torch.zeros(x0.shape[0], x0.shape[0], dtype=torch.float64, device=x0.device)
 
 
 def _parts(lr, momentum, nesterov, weight_decay, compressor):
@@ -57,7 +64,7 @@ def choco(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, 
     opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
 
     def init(x0: torch.Tensor) -> ChocoState:
-        return ChocoState(x0.clone(), torch.zeros_like(x0), opt.init(x0))
+        return ChocoState(x0.clone(), torch.zeros_like(x0), waiting(x0), opt.init(x0))
 
     def step(state: ChocoState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
@@ -65,7 +72,8 @@ def choco(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, 
         x = descend_(state.x, d, schedule(rnd.t))  # X^{t+1/2}
         bits = kernels.choco_residual(x, state.x_hat, comp)  # x_hat += C(x - x_hat); (N,) bits a message
         kernels.consensus_step(x, state.x_hat, rnd.mixing, gamma)  # x += gamma (W x_hat - x_hat)
-        return ChocoState(x, state.x_hat, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
+        bits = delivered_bits(state.pending, bits, rnd.mixing)
+        return ChocoState(x, state.x_hat, state.pending, buf), {"loss": loss, "bits": bits}
 
     return init, step
 
@@ -77,7 +85,7 @@ def choco_parallel(lr, gamma: float = 0.5, compressor: kernels.Compressor | None
     opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
 
     def init(x0: torch.Tensor) -> ChocoState:
-        return ChocoState(x0.clone(), torch.zeros_like(x0), opt.init(x0))
+        return ChocoState(x0.clone(), torch.zeros_like(x0), waiting(x0), opt.init(x0))
 
     def step(state: ChocoState, rnd: Round):
         loss, g = rnd.grad(state.x)
@@ -85,6 +93,7 @@ def choco_parallel(lr, gamma: float = 0.5, compressor: kernels.Compressor | None
         y = descend_(state.x, d, schedule(rnd.t))
         kernels.consensus_step(y, state.x_hat, rnd.mixing, gamma)  # last round's public copies
         bits = kernels.choco_residual(y, state.x_hat, comp)  # x_hat += C(y - x_hat); (N,) bits a message
-        return ChocoState(y, state.x_hat, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
+        bits = delivered_bits(state.pending, bits, rnd.mixing)
+        return ChocoState(y, state.x_hat, state.pending, buf), {"loss": loss, "bits": bits}
 
     return init, step

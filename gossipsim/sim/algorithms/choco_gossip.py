@@ -18,6 +18,8 @@ import torch
 
 from ... import kernels
 from ..metrics import consensus_distance
+from .base import delivered_bits
+from .choco import waiting
 
 
 class Consensus(NamedTuple):
@@ -32,10 +34,11 @@ def choco_gossip(x0: torch.Tensor, topology, compressor: kernels.Compressor | No
     comp = kernels.identity() if compressor is None else compressor
     x, x_hat = x0.clone(), torch.zeros_like(x0)
     bits = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
+    pending = waiting(x0)
     error = [consensus_distance(x)]
     for t in range(rounds):
         mixing = topology.mixing(t)
-        bits += kernels.choco_residual(x, x_hat, comp) * mixing.degrees
+        bits += delivered_bits(pending, kernels.choco_residual(x, x_hat, comp), mixing)
         kernels.consensus_step(x, x_hat, mixing, gamma)
         error.append(consensus_distance(x))  # stays on the device: no host sync a round
     return Consensus(x, torch.stack(error), bits)

@@ -23,8 +23,8 @@ import torch
 from ... import kernels
 from ...errors import ConfigError
 from ..local import descend_
-from .base import Round, check_range, register
-from .choco import ChocoState, _parts
+from .base import Round, check_range, delivered_bits, register
+from .choco import ChocoState, _parts, waiting
 
 
 @register("malcom_psgd")
@@ -37,7 +37,7 @@ def malcom_psgd(lr, mu: float = 1e-5, gamma: float = 0.05,
     opt, schedule, comp = _parts(lr, momentum, nesterov, weight_decay, compressor)
 
     def init(x0: torch.Tensor) -> ChocoState:
-        return ChocoState(x0.clone(), torch.zeros_like(x0), opt.init(x0))
+        return ChocoState(x0.clone(), torch.zeros_like(x0), waiting(x0), opt.init(x0))
 
     def step(state: ChocoState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
@@ -49,6 +49,7 @@ def malcom_psgd(lr, mu: float = 1e-5, gamma: float = 0.05,
         if mu:
             tau = lr_t * mu
             x.sub_(torch.clamp(x, -tau, tau))  # soft threshold: v - clamp(v, -tau, tau) = S_tau(v)
-        return ChocoState(x, state.x_hat, buf), {"loss": loss, "bits": bits * rnd.mixing.degrees}
+        bits = delivered_bits(state.pending, bits, rnd.mixing)
+        return ChocoState(x, state.x_hat, state.pending, buf), {"loss": loss, "bits": bits}
 
     return init, step
