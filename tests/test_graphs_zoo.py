@@ -99,6 +99,12 @@ def test_bad_specs(spec, n, needle):
         graphs.parse(spec, n)
 
 
+def test_the_smallest_hypercube():
+    assert graphs.parse("hypercube:1").n == graphs.parse("hypercube", 2).n == 2  # a traceback before
+    g = graphs.hypercube(4).graph
+    assert nx.is_isomorphic(g, nx.hypercube_graph(4)) and all(bin(a ^ b).count("1") == 1 for a, b in g.edges)
+
+
 def test_graphs_command(tmp_path, capsys):
     png = tmp_path / "g.png"
     assert main(["graphs", "ring:8", "torus:3x3", "dyck", f"--draw={png}"]) == 0
@@ -114,6 +120,8 @@ def test_graphs_command(tmp_path, capsys):
     (torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.5, 0.25], [0.0, 0.25, 0.5]]), "row 2 sums to 0.75"),
     (torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.25, 0.25], [0.0, 0.5, 0.5]]), "column 1 sums to 1.25"),
     (torch.eye(3), "disconnected"),
+    (torch.tensor([[0.0, 1.0], [1.0, 0.0]]), "never averages"),  # a swap: x, then its mirror, forever
+    (torch.roll(torch.eye(5), 1, 0), "never averages: an eigenvalue besides 1 has modulus 1"),  # a cyclic shift
 ])
 def test_user_matrix_validation(W, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")) as e:

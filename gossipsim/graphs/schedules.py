@@ -129,6 +129,9 @@ def link_failures(base: Topology, p: float, seed: int = 0, weights: str = "metro
         raise ConfigError(f"link failure probability must be in [0, 1), got {p!r}")
     if weights not in WEIGHTS:
         raise ConfigError(f"unknown weights {weights!r}; accepted: {', '.join(WEIGHTS)}")
+    if weights == "uniform" and p > 0:  # found only at the first round that loses a link, else
+        raise ConfigError("weights='uniform' needs a regular graph, which failed links make irregular; use "
+                          "weights='metropolis' with +fail")
     A = (base.mixing(0).dense() != 0).to(torch.float64).cpu()
     A.fill_diagonal_(0)
     iu = torch.triu_indices(base.n, base.n, 1)
@@ -143,13 +146,13 @@ def link_failures(base: Topology, p: float, seed: int = 0, weights: str = "metro
     return RandomSchedule(base.n, draw, seed, f"link_failures({base.name}, p={p})")
 
 
-def rho_per_round(topo, samples: int = 256) -> float:
+def rho_per_round(topo, samples: int = 1024) -> float:
     """How much one round of gossip shrinks the disagreement, for any topology or schedule.
 
     Static: rho = ||W - J||_2. Periodic with period k: ||W_(k-1) ... W_0 - J||_2^(1/k), the exact rate
     over a period (one_peer_exponential averages exactly: 0). Random: sqrt(||E[W_t^T W_t] - J||_2), since
     E||x_(t+1) - xbar||^2 <= ||E[W^T W] - J|| ||x_t - xbar||^2; MATCHA's expectation is exact, others are
-    averaged over `samples` rounds.
+    estimated from `samples` rounds.
     """
     from .matcha import Matcha, expected_rho
 
@@ -165,5 +168,13 @@ def rho_per_round(topo, samples: int = 256) -> float:
         for t in range(period):
             product = topo.mixing(t).dense().cpu() @ product
         return float(torch.linalg.matrix_norm(product - J, ord=2)) ** (1 / period)
-    E = sum(W.T @ W for W in (topo.mixing(t).dense().cpu() for t in range(samples))) / samples
-    return float(torch.linalg.matrix_norm(E - J, ord=2)) ** 0.5
+    # The norm of a sampled mean of W^T W - J is biased up by the sampling noise (random_matching:16 read
+    # 0.723 from 256 rounds, exactly 0.683). Cross-validated instead: the top eigenvector of one half's mean,
+    # measured on the other half's, both ways (within 1% of the exact value from 1024 rounds).
+    halves = [torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64)]
+    for t in range(samples):
+        W = topo.mixing(t).dense().cpu()
+        halves[t % 2] += W.T @ W - J
+    a, b = halves
+    va, vb = torch.linalg.eigh(a)[1][:, -1], torch.linalg.eigh(b)[1][:, -1]
+    return max(0.0, float(va @ b @ va + vb @ a @ vb) / samples) ** 0.5

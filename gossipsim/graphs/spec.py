@@ -56,6 +56,8 @@ def parse(spec: str, n: int | None = None, *, weights: str = "metropolis", seed:
     Returns a Topology, or for a time-varying spec a schedule with the same interface (n, mixing(t), to)."""
     if not isinstance(spec, str):
         raise ConfigError(f"topology spec {spec!r}: accepted: a string like ring, torus:4x4, exponential")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"seed={seed!r}: accepted: an integer in [0, 2^63)")
     base_spec, plus, modifier = spec.strip().partition("+")
     if not plus:
         return _static(base_spec, n, weights, seed)
@@ -83,7 +85,7 @@ def _static(spec: str, n: int | None, weights: str, seed: int):
         raise ConfigError(f"unknown topology {name!r}{hint}; accepted: {', '.join(SPECS)}")
     build, arity, example = SPECS[name]
     try:
-        args = [float(a) if "." in a else int(a) for a in rest.replace("x", ",").split(",") if a.strip()]
+        args = [_number(a.strip()) for a in rest.replace("x", ",").split(",") if a.strip()]
     except ValueError:
         raise ConfigError(f"topology {spec!r}: arguments must be numbers, e.g. {example}") from None
     if arity is None:  # circulant: every number is an offset, the size is the run's
@@ -91,6 +93,10 @@ def _static(spec: str, n: int | None, weights: str, seed: int):
             raise ConfigError(f"topology {spec!r} needs offsets and a number of agents, e.g. {example}")
         args = [n, args]
     elif not args and n is not None and arity:
+        if name in RANDOM and arity > 1:  # the size comes from agents; its other numbers from nowhere
+            rest_of = example.split(":")[1].split(",", 1)[1]
+            raise ConfigError(f"topology {spec!r} needs its {arity - 1} number(s) besides the size, which comes "
+                              f"from agents: e.g. {name}:{rest_of}")
         args = _size_from_n(name, n)
     if name in RANDOM and len(args) == arity - 1 and n is not None:
         args = [n, *args]
@@ -103,6 +109,14 @@ def _static(spec: str, n: int | None, weights: str, seed: int):
     if n is not None and topo.n != n:
         raise ConfigError(f"topology {spec!r} has {topo.n} agents but agents={n}")
     return topo
+
+
+def _number(text: str) -> int | float:
+    """'16' -> 16, '0.3' and '3e-1' -> 0.3."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def _size_from_n(name: str, n: int) -> list[int]:

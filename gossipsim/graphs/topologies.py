@@ -48,7 +48,10 @@ def weights_from_adjacency(A: torch.Tensor, weights: str = "metropolis") -> torc
         # can be negative; W still averages (||W - J|| = (l_max - l_2)/(l_max + l_2) < 1).
         L = torch.diag(deg) - A
         ev = torch.linalg.eigvalsh(L)  # ascending, ev[0] = 0
-        W = -2.0 / (ev[1] + ev[-1]) * L if ev[-1] > 0 else torch.zeros_like(L)
+        # the smallest nonzero eigenvalue: lambda_2 on a connected graph; on one split by failed links (a
+        # round of BASE+fail) lambda_2 = 0 would give W an eigenvalue -1, a mode flipping sign forever
+        positive = ev[ev > 1e-9 * ev[-1]]
+        W = -2.0 / (positive[0] + ev[-1]) * L if ev[-1] > 0 else torch.zeros_like(L)
     else:
         raise ConfigError(f"unknown weights {weights!r}; accepted: {', '.join(WEIGHTS)}")
     W.fill_diagonal_(0)
@@ -118,9 +121,9 @@ def hypercube(d: int, weights: str = "metropolis") -> Topology:
     """The d-dimensional hypercube: 2^d agents, neighbours differ in one bit of their index."""
     if not isinstance(d, int) or d < 1:
         raise ConfigError(f"hypercube dimension must be an integer >= 1, got {d!r}")
-    g = nx.hypercube_graph(d)
-    # Node (b_0, ..., b_{d-1}) becomes the integer whose bit k is b_k, so neighbours differ in one bit.
-    g = nx.relabel_nodes(g, {v: sum(b << k for k, b in enumerate(v)) for v in g.nodes})
+    g = nx.Graph()
+    g.add_nodes_from(range(2**d))
+    g.add_edges_from((i, i ^ (1 << k)) for i in range(2**d) for k in range(d) if i < i ^ (1 << k))
     return _named(g, weights, f"hypercube{d}")
 
 
@@ -181,7 +184,8 @@ def from_adjacency(A, weights: str = "metropolis") -> Topology:
 
 def from_matrix(W, name: str = "custom", tol: float = 1e-9) -> Topology:
     """A static topology with a user-given mixing matrix W (N, N), validated: square, N >= 2, no negative
-    weights, doubly stochastic (the worst row or column sum is named), and connected."""
+    weights, doubly stochastic (the worst row or column sum is named), connected and averaging (no eigenvalue
+    of modulus 1 besides the mean's)."""
     W = torch.as_tensor(W, dtype=torch.float64)
     if W.dim() != 2 or W.shape[0] != W.shape[1]:
         raise ConfigError(f"mixing matrix must be square (N, N), got shape {tuple(W.shape)}")
@@ -201,6 +205,12 @@ def from_matrix(W, name: str = "custom", tol: float = 1e-9) -> Topology:
             raise ConfigError(f"mixing matrix is not doubly stochastic: {what} {k} sums to {float(sums[k]):.6g}, not 1")
     g = nx.from_numpy_array(((W + W.T) != 0).to(torch.int64).numpy())
     _check_connected(g, "the graph of this mixing matrix", "gossip cannot reach consensus")
+    # connected but periodic (a swap, a cyclic shift): an eigenvalue of modulus 1 besides the mean's, so
+    # W^t x never averages
+    second = float(torch.linalg.eigvals(W).abs().sort(descending=True).values[1])
+    if second > 1 - tol:
+        raise ConfigError(f"mixing matrix never averages: an eigenvalue besides 1 has modulus {second:.6g} (a "
+                          f"permutation-like W); give each agent a positive self weight, e.g. (I + W) / 2")
     return Topology(W, g, name)
 
 
