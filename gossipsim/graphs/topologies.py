@@ -227,11 +227,11 @@ def rho(W: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(W - torch.full_like(W, 1 / n), ord=2)
 
 
-def mixing_time(W: torch.Tensor, eps: float = 1e-2) -> float:
+def mixing_time(W: torch.Tensor, eps: float = 1e-2) -> int | float:
     """Rounds t after which rho^t <= eps, i.e. gossip alone has cut any disagreement by 1/eps (inf if rho = 1)."""
     r = float(rho(W))
     if r < 1e-15:
-        return 1.0
+        return 1
     return math.ceil(math.log(eps) / math.log(r)) if r < 1 else math.inf
 
 

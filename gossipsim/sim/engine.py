@@ -290,7 +290,7 @@ class Engine:
             "test_loss": float(avg_loss[0]),
             "test_acc": float(avg_acc[0]),
             "consensus": float(consensus_distance(x)),
-            "sparsity": float((x == 0).sum() / x.numel()),  # fraction of exact zeros in the agents' models
+            "sparsity": int((x == 0).sum()) / x.numel(),  # fraction of exact zeros in the agents' models
             "bits_per_agent": float(self.meter.bits.mean()),
             "bits_max_agent": float(self.meter.bits.max()),
         }
