@@ -24,8 +24,8 @@ numbers on a static W up to rounding, one gossip product a round as before, and 
 
 X_hat starts at 0. Communication: one compressed message per agent to each active neighbour, its bits
 from the compressor's encoding; on a time-varying topology a message made while a link was down is paid
-for when the link is next up (base.delivered_bits). State tensors are updated in place: no (N, P) temporaries a round
-besides the compressor's.
+for when the link is next up (base.delivered_bits). State tensors are updated in place: no (N, P)
+temporaries a round besides the compressor's.
 """
 from __future__ import annotations
 
