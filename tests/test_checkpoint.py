@@ -140,6 +140,20 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
     assert {"sampler", "augment_rng", "rng", "meter", "history", "buffers", "config"} <= set(state)
 
 
+def test_a_checkpoint_of_another_version_of_the_algorithm_is_refused_in_one_line(tmp_path):
+    engine = sim.build(sim.Config(agents=3, rounds=2, eval_every=2, batch_size=4, eval_samples=50, progress=False,
+                                  algorithm="choco", compressor="top_k:0.1", out=str(tmp_path / "r")))
+    saved = engine.state_dict()
+    state = dict(saved["state"])
+    engine.load_state_dict({**saved, "state": {**state, "s": None}})  # an empty field it no longer has: fine
+    old = {k: v for k, v in state.items() if k != "pending"}  # as choco's state was before pending
+    with pytest.raises(ConfigError, match="state has fields x, x_hat, buf, this version's has x, x_hat, pending, "
+                                          "buf: written by another version; start the run again"):
+        engine.load_state_dict({**saved, "state": old})
+    with pytest.raises(ConfigError, match="field pending is \\(2, 2\\) there, \\(3, 3\\) here"):
+        engine.load_state_dict({**saved, "state": {**state, "pending": torch.zeros(2, 2, dtype=torch.float64)}})
+
+
 def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     engine = sim.build(sim.Config(agents=3, rounds=4, eval_every=2, batch_size=4, eval_samples=50, progress=False,
                                   out=str(tmp_path / "r")))

@@ -350,15 +350,19 @@ class Engine:
             raise ConfigError(f"the checkpoint's {self.algorithm.name} ran with other hyperparameters: {was} (a "
                               f"default edited since?); restore it to continue this run")
         fields = self.state._asdict()
-        for k, v in d["state"].items():
-            mine = fields.get(k, ...)
-            if mine is ... or (mine is None) != (v is None) or (v is not None and v.shape != mine.shape):
+        theirs = {k: v for k, v in d["state"].items() if v is not None or k in fields}  # an empty field dropped
+        if set(theirs) != set(fields):  # a checkpoint of another version of the algorithm
+            raise ConfigError(f"the checkpoint's {self.algorithm.name} state has fields {', '.join(theirs)}, this "
+                              f"version's has {', '.join(fields)}: written by another version; start the run again")
+        for k, v in theirs.items():
+            mine = fields[k]
+            if (mine is None) != (v is None) or (v is not None and v.shape != mine.shape):
                 raise ConfigError(f"the checkpoint's {self.algorithm.name} state does not fit this run: field {k} "
                                   f"is {None if v is None else tuple(v.shape)} there, "
-                                  f"{None if mine in (None, ...) else tuple(mine.shape)} here")
+                                  f"{None if mine is None else tuple(mine.shape)} here")
         # copies: the rounds update them in place, and d may be loaded again
         self.state = type(self.state)(**{k: None if v is None else v.to(self.device, fields[k].dtype, copy=True)
-                                         for k, v in d["state"].items()})
+                                         for k, v in theirs.items()})
         self.buffers = d["buffers"].to(self.device, self.buffers.dtype, copy=True)
         self.sampler.load_state_dict(d["sampler"])
         self.augment_rng.set_state(d["augment_rng"])
