@@ -95,3 +95,11 @@ def test_consensus_distance_by_column_blocks(n, p, block, fresh_seed):
     got = metrics.consensus_distance(x, block_entries=block)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, expect, rtol=1e-12, atol=1e-12, msg=lambda m: f"seed {fresh_seed}: {m}")
+
+
+def test_runs_started_in_the_same_second_get_their_own_default_directories(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda fmt, *a: "20260101-000000")  # one second for all
+    outs = [sim.build(tiny(tmp_path, out=None)).run_dir.path for _ in range(3)]
+    assert [str(o) for o in outs] == ["runs/dsgd-ring4-20260101-000000", "runs/dsgd-ring4-20260101-000000-2",
+                                      "runs/dsgd-ring4-20260101-000000-3"]

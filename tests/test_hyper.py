@@ -71,7 +71,8 @@ def test_a_run_hands_the_table_to_the_factory_and_records_it(damped, tmp_path, c
     # the damping reaches the step: half the step of dsgd's from the same start (one round, no momentum)
     first = {}
     for name, hyper in (("dsgd", {}), ("damped", {"damping": 0.5})):
-        engine = sim.build(sim.Config(algorithm=name, hyper=hyper, dtype="float64", **SMALL))
+        engine = sim.build(sim.Config(algorithm=name, hyper=hyper, dtype="float64", **SMALL,
+                                      out=str(tmp_path / name)))
         x0 = engine.state.x.clone()
         engine.step()
         first[name] = engine.state.x - x0

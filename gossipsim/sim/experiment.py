@@ -50,7 +50,7 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     # the datasets are on the device already: what is free is what the run can take
     est = memory.plan(model, algo, cfg.batch_size, train.shape, getattr(torch, cfg.dtype), device)
     safe = re.sub(r"[^A-Za-z0-9.]+", "_", topo.name).strip("_")  # matcha(ring8, budget=0.5) -> matcha_ring8_budget_0.5
-    out = cfg.out or f"runs/{cfg.algorithm}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = cfg.out or _unused(f"runs/{cfg.algorithm}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}")
     kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
                   augment=cfg.augment, same_init=cfg.same_init, eval_every=cfg.eval_every,
                   eval_agents=cfg.eval_agents, progress=cfg.progress, out=out, config=cfg.to_dict(), memory=est,
@@ -58,6 +58,15 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
                   tensorboard=cfg.tensorboard)
     kwargs.update(engine_kwargs)
     return Engine(model, algo, topo, train, test, part, **kwargs)
+
+
+def _unused(path: str) -> str:
+    """path, or path-2, path-3, ...: the first that does not exist (two runs started in one second, in two
+    terminals or a notebook's loop, would share a default directory, and the second would be refused)."""
+    k, out = 2, path
+    while Path(out).exists():
+        out, k = f"{path}-{k}", k + 1
+    return out
 
 
 # What may change when a run is resumed: how long it runs and how it reports, never what it computes.
