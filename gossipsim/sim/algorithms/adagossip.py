@@ -24,8 +24,8 @@ import torch
 
 from ... import kernels
 from ..local import descend_
-from .base import Round, check_range, delivered_bits, register
-from .choco import _parts, waiting
+from .base import Round, check_range, delivered_bits, register, waiting
+from .choco import _parts
 
 
 class AdaGossipState(NamedTuple):

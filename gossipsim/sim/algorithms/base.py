@@ -139,6 +139,11 @@ def _closest(word: str, choices) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def waiting(x0: torch.Tensor) -> torch.Tensor:
+    """The pending bits of a new state (delivered_bits): none, (N, N) float64."""
+    return torch.zeros(x0.shape[0], x0.shape[0], dtype=torch.float64, device=x0.device)
+
+
 def delivered_bits(pending: torch.Tensor, bits: torch.Tensor, mixing) -> torch.Tensor:
     """Bits each agent sends this round when its messages update public copies (CHOCO's x_hat), which every
     agent that mixes them must hold current: (N,) float64.

@@ -35,7 +35,7 @@ import torch
 
 from ... import kernels
 from ..local import LocalSGD, as_schedule, descend_
-from .base import Round, check_range, delivered_bits, register
+from .base import Round, check_range, delivered_bits, register, waiting
 
 
 class ChocoState(NamedTuple):
@@ -43,11 +43,6 @@ class ChocoState(NamedTuple):
     x_hat: torch.Tensor  # (N, P) public copies: what every neighbour knows of agent i
     pending: torch.Tensor  # (N, N) float64: bits of messages not yet delivered, [receiver, sender]
     buf: torch.Tensor | None  # (N, P) local momentum, None without momentum
-
-
-def waiting(x0: torch.Tensor) -> torch.Tensor:
-    """The pending bits of a new state: none, (N, N) float64 (base.delivered_bits)."""
-    return torch.zeros(x0.shape[0], x0.shape[0], dtype=torch.float64, device=x0.device)
 
 
 def _parts(lr, momentum, nesterov, weight_decay, compressor):

@@ -18,8 +18,7 @@ import torch
 
 from ... import kernels
 from ..metrics import consensus_distance
-from .base import delivered_bits
-from .choco import waiting
+from .base import delivered_bits, waiting
 
 
 class Consensus(NamedTuple):

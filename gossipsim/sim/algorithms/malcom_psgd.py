@@ -23,8 +23,8 @@ import torch
 from ... import kernels
 from ...errors import ConfigError
 from ..local import descend_
-from .base import Round, check_range, delivered_bits, register
-from .choco import ChocoState, _parts, waiting
+from .base import Round, check_range, delivered_bits, register, waiting
+from .choco import ChocoState, _parts
 
 
 @register("malcom_psgd")
