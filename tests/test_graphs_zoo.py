@@ -160,6 +160,13 @@ def test_every_gossip_path_equals_dense_product(make, auto, fresh_seed, monkeypa
                 assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous()
                 torch.testing.assert_close(y, (M.dense() @ x.double()).to(dtype), rtol=tol, atol=tol,
                                            msg=lambda m, path=path, p=p: f"{path} P={p} seed {fresh_seed}: {m}")
+        v = torch.randn(M.n, dtype=torch.float64)  # one value an agent: (N,) in, (N,) out
+        torch.testing.assert_close(forced(v), M.dense() @ v, rtol=1e-13, atol=1e-13)
+        for dtype in (torch.bfloat16, torch.float16):  # the CPU CSR product has no half kernels: dense instead
+            x = torch.randn(M.n, 37).to(dtype)
+            y = forced(x)
+            assert y.dtype == dtype and y.shape == x.shape
+            torch.testing.assert_close(y.double(), M.dense() @ x.double(), rtol=2e-2, atol=2e-2)
 
 
 def test_forced_paths_are_checked():

@@ -91,10 +91,14 @@ class Mixing:
         return self.path_on(self.W.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """W @ x for x (N, P), in the dtype of x."""
+        """W @ x for x (N, P) or (N,), in the dtype of x."""
+        if x.dim() == 1:
+            return self(x.unsqueeze(1)).squeeze(1)
         path = self.path_on(x.device)
         if path == "circulant":
             return self._circulant(x)
+        if path == "sparse" and not x.is_cuda and x.dtype not in (torch.float32, torch.float64):
+            path = "dense"  # the CPU CSR product has no half-precision kernels
         W = self._weights(x, sparse=path == "sparse")
         if path == "sparse":
             return self._csr(W, x)
