@@ -63,7 +63,7 @@ def run_both(factory, algorithm, W, backend, seed, bn="local", rounds=ROUNDS, sa
         buffers = mixing(new[0]) if bn == "gossip" else new[0]
         torch.manual_seed(seed * 1000 + t)
         losses = naive.step(xb, yb, mixing.dense())
-        torch.testing.assert_close(stats["loss"], torch.tensor(losses, dtype=torch.float64),
+        torch.testing.assert_close(stats["loss"], losses.to(torch.float64),
                                    rtol=1e-10, atol=1e-12, msg=lambda m, t=t: f"seed {seed}, round {t}: {m}")
     return state, buffers, naive
 

@@ -77,9 +77,13 @@ class NaiveSimulator:
             out.append(acc)
         return out
 
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, W: torch.Tensor | None = None) -> list[float]:
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, W: torch.Tensor | None = None) -> torch.Tensor:
         """One round on per-agent batches xb (N, B, ...), yb (N, B), over W (this round's, if given);
-        returns the per-agent losses."""
+        returns the per-agent losses (N,).
+
+        It does no work the engine does not: as the benchmarks' naive loop it must not be slower for
+        avoidable reasons (a copy of the old parameters where no algorithm reads them, a loss read back to
+        the host per agent, which on a GPU waits for the device N times a round)."""
         if W is not None:
             self.set_W(W)
         losses = []
@@ -88,8 +92,10 @@ class NaiveSimulator:
             opt.zero_grad()
             loss = F.cross_entropy(m(x), y)
             loss.backward()
-            losses.append(loss.item())
-        old = [parameters_to_vector(m.parameters()).detach().clone() for m in self.agents]
+            losses.append(loss.detach())
+        # parameters_to_vector concatenates: a fresh vector, no clone needed
+        old = [parameters_to_vector(m.parameters()).detach() for m in self.agents] \
+            if self.algorithm in ("dpsgd", "al_dsgd") else None
         if self.algorithm == "allreduce":
             for ps in zip(*(m.parameters() for m in self.agents)):
                 mean = sum(p.grad for p in ps) / self.n
@@ -99,10 +105,10 @@ class NaiveSimulator:
             self.adacons()
         for opt in self.opts:
             opt.step()
-        new = [parameters_to_vector(m.parameters()).detach().clone() for m in self.agents]
+        new = [parameters_to_vector(m.parameters()).detach() for m in self.agents]
         self.t += 1
         if self.algorithm == "al_dsgd":
-            mixed = self.al_dsgd(old, new, losses)
+            mixed = self.al_dsgd(old, new, [float(v) for v in losses])
         elif self.algorithm == "malcom_psgd":
             mixed = [_soft_threshold(v, self.lr * self.mu) for v in self.choco(new)]
         elif self.algorithm == "adagossip":
@@ -120,7 +126,7 @@ class NaiveSimulator:
         if self.bn == "gossip":
             for m, b in zip(self.agents, self.gossip([buffers_vector(m) for m in self.agents])):
                 _set_buffers(m, b)
-        return losses
+        return torch.stack(losses)
 
     def compress(self, r: torch.Tensor) -> torch.Tensor:
         """One agent's message C(r), as its neighbours reconstruct it."""
