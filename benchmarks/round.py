@@ -7,9 +7,9 @@ For each case, the registered algorithm's own step runs on (N, P) float32 state 
 oracle returns a stored g, so only the local step, compression and gossip are timed). Its bytes floor is
 what any implementation must move, each input read once and each output written once: read x and g and
 write x, and for CHOCO also read x_hat and write what changes of it (1% under top-1%, all of it under QSGD);
-at the copy bandwidth measured in the same run. The floor does not grow with the degree: a graph with more neighbours costs more above it. P
-defaults to ResNet-20's 272,474 parameters. The JSON's rows (graph, N, P, step, seconds) are the scaling
-data of round time against N and P for each graph.
+at the copy bandwidth measured in the same run. The floor does not grow with the degree: a graph with more
+neighbours costs more above it. P defaults to ResNet-20's 272,474 parameters. The JSON's rows (graph, N, P,
+step, seconds) are the scaling data of round time against N and P for each graph.
 """
 from __future__ import annotations
 
