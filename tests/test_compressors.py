@@ -165,14 +165,26 @@ def test_bits_equal_a_real_encoder(make, sparse, fresh_seed):
 
 
 def test_golomb_parameter_matches_reference():
-    for c, d in [(1, 1), (1, 2), (3, 350), (17, 1000), (999, 1000), (5, 20000)]:
+    # (1, 23357182): log(1 - p) and log1p(-p) put log(2 - p) / -log(1 - p) on either side of a whole number
+    for c, d in [(1, 1), (1, 2), (3, 350), (17, 1000), (999, 1000), (5, 20000), (1, 23357182)]:
         assert int(B.golomb_parameter(torch.tensor(c), torch.tensor(d))) == bs.golomb_parameter(c, d)
+    assert bs.golomb_parameter(1, 23357182) == 16189965  # ceil(16189964.0026...)
+
+
+def test_index_and_level_widths_are_exact_at_any_size():
+    for d in (2, 3, 4, 5, 2**20, 2**20 + 1, 2**49, 2**49 + 1, 2**60 + 1):
+        assert B.index_bits(d) == bs.index_bits(d) == math.ceil(math.log2(d)) + (d == 2**49 + 1 or d == 2**60 + 1)
+    for s in (1, 2, 3, 15, 16, 32767):
+        assert B.level_bits(s) == bs.level_bits(s)
 
 
 def test_bad_compressor_arguments():
     for bad, needle in [(lambda: kernels.top_k(0), r"\(0, 1\]"), (lambda: kernels.rand_k(1.5), r"\(0, 1\]"),
                         (lambda: kernels.qsgd(0), "levels"), (lambda: kernels.top_k(0.1, per="row"), "per must"),
-                        (lambda: kernels.top_k(0.1).with_layers([3, 0]), "positive")]:
+                        (lambda: kernels.top_k(0.1).with_layers([3, 0]), "positive"),
+                        (lambda: kernels.top_k(0.1).with_layers(5), "sequence of positive integers, got 5"),
+                        (lambda: kernels.top_k(0.1).with_layers([2.7, 3]), r"got \[2.7, 3\]"),
+                        (lambda: kernels.qsgd(True), "levels must be an integer")]:
         with pytest.raises(ConfigError, match=needle) as e:
             bad()
         assert "\n" not in str(e.value)
@@ -186,9 +198,34 @@ def test_specs():
     for bad, needle in [("topk:0.1", "unknown compressor 'topk'"), ("qsgd:x", "numbers like qsgd:16"),
                         ("qsgd:4.5", "whole number"), ("top_k:0.1,0.2", "too many numbers; .* like top_k:0.01"),
                         ("qsgd:0", "levels"), ("sign:3", "too many numbers; .* like sign"),
-                        ("identity:1", "too many numbers"), ("top_k:0.1,scaled", "top_k has no scaled form")]:
+                        ("identity:1", "too many numbers"), ("top_k:0.1,scaled", "top_k has no scaled form"),
+                        ("qsgd:inf", "whole number, got inf"), ("dithered:nan", "whole number, got nan"),
+                        ("top_k_qsgd:0.01,1e400", "whole number, got inf")]:
         with pytest.raises(ConfigError, match=needle):
             kernels.parse(bad)
+    assert repr(kernels.parse(" top_k : 0.1")) == "top_k(0.1)"
+
+
+@pytest.mark.parametrize("make", [kernels.identity, kernels.top_k, kernels.rand_k, kernels.qsgd, kernels.sign,
+                                  kernels.top_k_qsgd, kernels.dithered])
+def test_a_tensor_that_is_not_n_by_p_is_one_line(make):
+    comp = make()
+    for shape in ((5,), (2, 3, 4), (3, 0)):
+        for call in (comp.compress, comp.roundtrip, lambda r: kernels.choco_residual(r, torch.zeros_like(r), comp)):
+            with pytest.raises(ConfigError, match=rf"\(N, P\) tensor.*got shape \({shape[0]},"):
+                call(torch.randn(shape))
+
+
+def test_half_precision_scales_are_summed_in_float32(fresh_seed):
+    # a float16 sum over more than 65504 entries overflows: QSGD's per-layer norm was inf (all-NaN output) and
+    # sign's scale ||x||_1 / d was 0 (d itself is inf in float16)
+    x = torch.randn(2, 70000)
+    q = kernels.qsgd(4, per="layer").with_layers((69000, 1000))
+    torch.testing.assert_close(q.norms(x.half()).float(), q.norms(x), rtol=2e-3, atol=0)
+    assert q.roundtrip(x.half())[0].isfinite().all()
+    for per, sizes in (("model", (70000,)), ("layer", (69000, 1000))):
+        sign = kernels.sign(per=per).with_layers(sizes)
+        torch.testing.assert_close(sign.compress(x.half()).scales.float(), sign.compress(x).scales, rtol=2e-3, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -13,17 +13,18 @@ their lengths bit for bit.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
 
 def index_bits(d: int) -> int:
-    return math.ceil(math.log2(d)) if d > 1 else 0
+    """ceil(log2 d), in integers: math.log2(2^k + 1) rounds to k for k >= 49, a ceiling one short."""
+    return (int(d) - 1).bit_length() if d > 1 else 0
 
 
 def level_bits(s: int) -> int:
-    return math.ceil(math.log2(s + 1))
+    """ceil(log2(s + 1))."""
+    return int(s).bit_length()
 
 
 def _full(n: int, value: float, device) -> torch.Tensor:

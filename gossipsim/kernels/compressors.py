@@ -12,6 +12,7 @@ value, ceil(log2 d) an index, 32 a norm or scale), `entropy` and `elias-golomb` 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, NamedTuple
 
@@ -38,11 +39,13 @@ class Quantized(NamedTuple):
 
 
 def segment_sum(v: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
-    """(N, P) -> (N, L): sums over each segment, in float64 when v is float64, else float32."""
+    """(N, P) -> (N, L): sums over each segment, in float64 when v is float64, else float32 (a half-precision
+    sum of squares overflows past 65504)."""
+    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
     if len(sizes) == 1:
-        return v.sum(1, keepdim=True)
+        return v.sum(1, keepdim=True, dtype=acc)
     # one reduction per segment over a column slice: 20x faster on a CPU than index_add_ with segment ids
-    return torch.stack([c.sum(1) for c in v.split(sizes, dim=1)], dim=1)
+    return torch.stack([c.sum(1, dtype=acc) for c in v.split(sizes, dim=1)], dim=1)
 
 
 CPU_BLOCK_BYTES = 4 << 20  # a row block of one (N, P) array; with a few temporaries it fits a CPU's cache
@@ -87,10 +90,14 @@ class Compressor:
 
     def with_layers(self, sizes) -> Compressor:
         """This compressor bound to the model's parameter sizes (used when per="layer")."""
-        sizes = tuple(int(s) for s in sizes)
-        if not sizes or min(sizes) < 1:
-            raise ConfigError(f"layer sizes must be positive, got {sizes}")
-        return replace(self, layers=sizes)
+        bad = ConfigError(f"layer sizes must be a non-empty sequence of positive integers, got {sizes!r}")
+        try:
+            sizes = tuple(sizes)
+        except TypeError:
+            raise bad from None
+        if not sizes or any(not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 1 for s in sizes):
+            raise bad
+        return replace(self, layers=tuple(int(s) for s in sizes))
 
     def segments(self, width: int) -> tuple[int, ...]:
         """Segment sizes for rows of `width` P."""
@@ -102,7 +109,18 @@ class Compressor:
             raise ConfigError(f"layer sizes sum to {sum(self.layers)} but rows have {width} entries")
         return self.layers
 
+    def check(self, r: torch.Tensor) -> None:
+        """r must be (N, P), a row an agent, P >= 1."""
+        if r.dim() != 2 or r.shape[1] < 1:
+            raise ConfigError(f"{self.name} compresses an (N, P) tensor, a row an agent with P >= 1; got shape "
+                              f"{tuple(r.shape)}")
+
     def compress(self, r: torch.Tensor, generator: torch.Generator | None = None):
+        """Each agent's message for its row of r (N, P)."""
+        self.check(r)
+        return self._compress(r, generator)
+
+    def _compress(self, r: torch.Tensor, generator: torch.Generator | None):
         raise NotImplementedError
 
     def decompress(self, message) -> torch.Tensor:
@@ -131,7 +149,7 @@ class Compressor:
 class Identity(Compressor):
     name: ClassVar[str] = "identity"
 
-    def compress(self, r, generator=None):
+    def _compress(self, r, generator=None):
         return Dense(r)
 
     def decompress(self, message):
@@ -173,7 +191,7 @@ class TopK(Compressor):
     def ks(self, width: int) -> list[int]:
         return [kept(d, self.fraction) for d in self.segments(width)]
 
-    def compress(self, r, generator=None):
+    def _compress(self, r, generator=None):
         sizes, parts, start = self.segments(r.shape[1]), [], 0
         for d, k in zip(sizes, self.ks(r.shape[1])):
             parts.append(top_indices(r[:, start:start + d].abs(), k) + start)
@@ -262,7 +280,7 @@ class RandK(Compressor):
     def ks(self, width: int) -> list[int]:
         return [kept(d, self.fraction) for d in self.segments(width)]
 
-    def compress(self, r, generator=None):
+    def _compress(self, r, generator=None):
         n, width = r.shape
         parts, start = [], 0
         for d, k in zip(self.segments(width), self.ks(width)):
@@ -305,14 +323,14 @@ class QSGD(Compressor):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.levels, int) or not 1 <= self.levels <= 2**15 - 1:
+        if not isinstance(self.levels, int) or isinstance(self.levels, bool) or not 1 <= self.levels <= 2**15 - 1:
             raise ConfigError(f"qsgd levels must be an integer in [1, 32767], got {self.levels!r}")
 
     def tau(self, d: int) -> float:
         s = self.levels
         return 1 / (1 + min(d / s**2, math.sqrt(d) / s)) if self.scaled else 1.0
 
-    def compress(self, r, generator=None):
+    def _compress(self, r, generator=None):
         u = torch.rand(r.shape, generator=generator, device=r.device, dtype=r.dtype)  # (N, P)
         return self.quantize(r, u)
 
@@ -321,7 +339,7 @@ class QSGD(Compressor):
         sizes = self.segments(r.shape[1])
         if len(sizes) == 1:
             return torch.linalg.vector_norm(r, dim=1, keepdim=True)  # no (N, P) temporary
-        return segment_sum(r * r, sizes).sqrt()
+        return segment_sum(r * r, sizes).sqrt().to(r.dtype)
 
     def quantize(self, r: torch.Tensor, u: torch.Tensor) -> Quantized:
         """QSGD with the uniform draws u (N, P) given: the reference the fused kernels are checked against."""
@@ -370,9 +388,10 @@ class Sign(Compressor):
     encodings: ClassVar[tuple[str, ...]] = ("raw", "entropy")
     name: ClassVar[str] = "sign"
 
-    def compress(self, r, generator=None):
+    def _compress(self, r, generator=None):
         sizes = self.segments(r.shape[1])
-        scales = segment_sum(r.abs(), sizes) / B.constant(sizes, r.dtype, r.device)  # (N, L)
+        total = segment_sum(r.abs(), sizes)  # (N, L), float32 or float64: d may exceed what float16 holds
+        scales = (total / B.constant(sizes, total.dtype, r.device)).to(r.dtype)
         symbols = (r < 0).to(torch.int16).mul_(-2).add_(1)  # sign with sign(0) = +1; 6x faster than where()
         return Quantized(symbols, scales, 1)
 
@@ -413,7 +432,7 @@ class Chain(Compressor):
         ks = tuple(top.ks(width))
         return top, QSGD("layer", ks, levels=self.levels, scaled=self.scaled)
 
-    def compress(self, r, generator=None):
+    def _compress(self, r, generator=None):
         top, q = self.parts(r.shape[1])
         sparse = top.compress(r)
         return sparse._replace(values=q.decompress(q.compress(sparse.values, generator)))
@@ -484,7 +503,7 @@ SPECS = {
 
 
 def _whole(v: float) -> int:
-    if v != int(v):
+    if not math.isfinite(v) or v != int(v):
         raise ConfigError(f"quantization levels must be a whole number, got {v:g}")
     return int(v)
 
@@ -496,6 +515,7 @@ def parse(spec: str, per: str = "model") -> Compressor:
         raise ConfigError(f"compressor spec {spec!r}: accepted: a string, one of "
                           + ", ".join(example for _, example in SPECS.values()))
     name, _, rest = spec.strip().partition(":")
+    name = name.strip()
     if name not in SPECS:
         accepted = ", ".join(example for _, example in SPECS.values())
         raise ConfigError(f"unknown compressor {name!r}; accepted: {accepted}")

@@ -116,6 +116,7 @@ def _apply(comp: Compressor, x: torch.Tensor, h: torch.Tensor | None, out: torch
 
 def roundtrip(comp: Compressor, r: torch.Tensor, generator: torch.Generator | None = None):
     """(C(r) (N, P), bits (N,)): Triton where it applies, else the compressor's reference."""
+    comp.check(r)
     if backend(r) == "triton" and fused(comp):
         r = r.contiguous()
         out = torch.empty_like(r)
@@ -133,6 +134,7 @@ def choco_residual(x: torch.Tensor, x_hat: torch.Tensor, comp: Compressor,
     difference is never stored); top-k reads x and x_hat once (and a sample) and writes x_hat only where it
     changes (triton_ops.top_k).
     """
+    comp.check(x)
     if backend(x) == "triton" and fused(comp) and x.is_contiguous() and x_hat.is_contiguous():
         _apply(comp, x, x_hat, x_hat, generator)
         return raw_bits(comp, *x.shape, x.device)

@@ -125,12 +125,14 @@ def read_golomb(r: BitReader, m: int) -> int:
 
 
 def golomb_parameter(c: int, d: int) -> int:
-    """The Golomb parameter for c nonzero symbols among d positions, p = c / d (float64, math.log)."""
+    """The Golomb parameter for c nonzero symbols among d positions, p = c / d (float64; log(1 - p) as log1p(-p),
+    which is what bits.golomb_parameter computes: log(1 - p) rounds 1 - p first, and at p = 1/23357182 that moves
+    the ceiling by one)."""
     _check(1 <= c <= d, f"golomb_parameter needs 1 <= c <= d, got c={c}, d={d}")
     p = c / d
     if p >= 1:
         return 1
-    return max(1, math.ceil(math.log(2 - p) / (-math.log(1 - p))))
+    return max(1, math.ceil(math.log(2 - p) / (-math.log1p(-p))))
 
 
 def float32_bits(x: float) -> str:
