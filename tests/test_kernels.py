@@ -7,7 +7,7 @@ import torch
 
 from gossipsim import ConfigError, graphs, kernels
 from gossipsim.kernels import ops
-from gossipsim.kernels.compressors import expand
+from gossipsim.kernels.compressors import expand, kept
 
 triton = pytest.importorskip("triton")
 T = pytest.importorskip("gossipsim.kernels.triton_ops")
@@ -159,6 +159,18 @@ def test_dispatch(monkeypatch):
     assert expand(torch.ones(2, 1), (3,)).shape == (2, 3)
 
 
+def test_top_k_candidate_buffers_are_sized_per_segment():
+    # one big layer and many small ones (ResNet-like): each segment gets its own slots, so a row's buffer never
+    # exceeds the row (one buffer of the largest segment's size for each was 10x the row here at 10% kept)
+    sizes = (2_359_296,) + (512,) * 60 + (147_456,) * 4
+    for fraction in (0.01, 0.1, 1.0):
+        ks = tuple(kept(d, fraction) for d in sizes)
+        plan = T._plan(sizes, ks, torch.device("cpu"), T.SAMPLE, T.TOPK_BLOCK)
+        cap, off, total = plan[6].tolist(), plan[7].tolist(), plan[8]
+        assert off == [sum(cap[:i]) for i in range(len(sizes))] and total == sum(cap) <= sum(sizes)
+        assert all(k <= c <= d for c, k, d in zip(cap, ks, sizes))
+
+
 @pytest.mark.parametrize("layout", ["random", "ties", "tie_pair", "sample_low", "sample_high", "sparse_few",
                                     "sparse_many"])
 @pytest.mark.parametrize("n,p,layers", SHAPES[1:])
@@ -195,8 +207,8 @@ def test_top_k_sampled_threshold_and_its_fallback(layout, n, p, layers, fresh_se
     table = ops._cached_table(sizes, x.device, T.TOPK_BLOCK)
     written = T.top_k(x, h.clone(), h.clone(), table, ks, sizes) == 1  # (N, L): from the candidate buffer
     d, k = torch.tensor(sizes, device=DEVICE), torch.tensor(ks, device=DEVICE)
-    C = T._plan(sizes, ks, DEVICE, 64, 256)[6]  # the candidate buffer's size
-    must_miss = {"sample_low": d > C, "sample_high": (d > 64) & (k > 64)}.get(layout)
+    cap = T._plan(sizes, ks, DEVICE, 64, 256)[6]  # (L,) each segment's candidate buffer size
+    must_miss = {"sample_low": d > cap, "sample_high": (d > 64) & (k > 64)}.get(layout)
     if must_miss is not None:
         assert not written[:, must_miss].any(), f"{layout} {written}"
     elif layout == "tie_pair":

@@ -209,11 +209,12 @@ def _digit_histogram(key, match, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _compact(x_ptr, h_ptr, out_ptr, lo_ptr, count_ptr, buf_ptr, idx_ptr, start_ptr, end_ptr, seg_ptr, P, L, NB, C,
-             HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
-    # Appends every r with nonzero |r| >= lo[row, seg] to the segment's candidate buffer of C slots (its float
-    # bits to buf, its column to idx); count[row, seg] ends as the number of candidates, also those that did
-    # not fit. Without h it also zeroes out's block: _select then writes only the kept entries.
+def _compact(x_ptr, h_ptr, out_ptr, lo_ptr, count_ptr, buf_ptr, idx_ptr, start_ptr, end_ptr, seg_ptr, cap_ptr,
+             off_ptr, P, L, NB, CT, HAS_HAT: tl.constexpr, BLOCK: tl.constexpr):
+    # Appends every r with nonzero |r| >= lo[row, seg] to the segment's candidate buffer, cap[seg] slots from
+    # off[seg] in the row's CT (its float bits to buf, its column to idx); count[row, seg] ends as the number of
+    # candidates, also those that did not fit. Without h it also zeroes out's block: _select then writes only
+    # the kept entries.
     row, b, seg, cols, m = _block(start_ptr, end_ptr, seg_ptr, NB, BLOCK)
     r = _load_r(x_ptr, h_ptr, row, cols, m, P, HAS_HAT)
     if not HAS_HAT:
@@ -225,22 +226,24 @@ def _compact(x_ptr, h_ptr, out_ptr, lo_ptr, count_ptr, buf_ptr, idx_ptr, start_p
     if total > 0:
         base = tl.atomic_add(count_ptr + row * L + seg, total)
         pos = base + tl.cumsum(c, axis=0) - 1
-        keep = cand & (pos < C)
-        tl.store(buf_ptr + (row * L + seg) * C + pos, v, mask=keep)
-        tl.store(idx_ptr + (row * L + seg) * C + pos, cols, mask=keep)
+        keep = cand & (pos < tl.load(cap_ptr + seg))
+        base = row * CT + tl.load(off_ptr + seg)
+        tl.store(buf_ptr + base + pos, v, mask=keep)
+        tl.store(idx_ptr + base + pos, cols, mask=keep)
 
 
 @triton.jit
-def _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT: tl.constexpr,
+def _digit_counts(x_ptr, h_ptr, buf_ptr, row, base, begin, length, found, prefix, P, HAS_HAT: tl.constexpr,
                   SHIFT: tl.constexpr, HIGH: tl.constexpr, BLOCK: tl.constexpr):
     # (256,) counts of the 8-bit digit at SHIFT among the entries whose bits above it equal `prefix`; the
-    # entries are the candidate buffer's first `length` (found) or the segment's columns [begin, begin+length)
+    # entries are the candidate buffer's first `length` from `base` (found) or the segment's columns
+    # [begin, begin+length)
     counts = tl.zeros([256], dtype=tl.int32)
     in_buf = (tl.zeros([BLOCK], dtype=tl.int32) + found) != 0  # a vector: the interpreter masks with no scalar
     for b in range(0, length, BLOCK):
         offs = b + tl.arange(0, BLOCK)
         m = offs < length
-        from_buf = tl.load(buf_ptr + i * C + offs, mask=m & in_buf, other=0) & 0x7FFFFFFF
+        from_buf = tl.load(buf_ptr + base + offs, mask=m & in_buf, other=0) & 0x7FFFFFFF
         from_r = _r_bits(x_ptr, h_ptr, row, begin + offs, m & ~in_buf, P, HAS_HAT)
         bits = tl.where(in_buf, from_buf, from_r)
         counts += _digit_histogram(bits, m & ((bits & HIGH) == prefix), SHIFT)
@@ -259,7 +262,7 @@ def _pick(counts, prefix, remaining, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _tie_counts(buf_ptr, idx_ptr, i, count, tau, prefix, C, SHIFT: tl.constexpr, HIGH: tl.constexpr,
+def _tie_counts(buf_ptr, idx_ptr, base, count, tau, prefix, SHIFT: tl.constexpr, HIGH: tl.constexpr,
                 BLOCK: tl.constexpr):
     # (256,) counts of the 8-bit digit at SHIFT of the key ~column (31 bits: the larger, the earlier the
     # column) among the buffered entries equal to tau whose key bits above SHIFT equal `prefix`
@@ -267,15 +270,15 @@ def _tie_counts(buf_ptr, idx_ptr, i, count, tau, prefix, C, SHIFT: tl.constexpr,
     for b in range(0, count, BLOCK):
         offs = b + tl.arange(0, BLOCK)
         m = offs < count
-        v = tl.load(buf_ptr + i * C + offs, mask=m, other=0) & 0x7FFFFFFF
-        key = ~tl.load(idx_ptr + i * C + offs, mask=m, other=0) & 0x7FFFFFFF
+        v = tl.load(buf_ptr + base + offs, mask=m, other=0) & 0x7FFFFFFF
+        key = ~tl.load(idx_ptr + base + offs, mask=m, other=0) & 0x7FFFFFFF
         counts += _digit_histogram(key, m & (v == tau) & ((key & HIGH) == prefix), SHIFT)
     return counts
 
 
 @triton.jit
 def _select(x_ptr, h_ptr, out_ptr, lo_ptr, count_ptr, buf_ptr, idx_ptr, path_ptr, start_ptr, end_ptr,
-            seg_start_ptr, size_ptr, k_ptr, first_ptr, nblocks_ptr, P, L, C, HAS_HAT: tl.constexpr,
+            seg_start_ptr, size_ptr, k_ptr, first_ptr, nblocks_ptr, cap_ptr, off_ptr, P, L, CT, HAS_HAT: tl.constexpr,
             BLOCK: tl.constexpr):
     # One program per (row, segment): the exact k-th largest |r| by a radix select on its float bits, 8 bits
     # a pass, over the candidate buffer when it holds the k-th largest, else over the whole segment. When
@@ -286,21 +289,22 @@ def _select(x_ptr, h_ptr, out_ptr, lo_ptr, count_ptr, buf_ptr, idx_ptr, path_ptr
     k = tl.load(k_ptr + seg)
     d = tl.load(size_ptr + seg)
     count = tl.load(count_ptr + i)
-    found = ((count >= k) & (count <= C)).to(tl.int32)
+    base = row * CT + tl.load(off_ptr + seg)  # the segment's candidate buffer
+    found = ((count >= k) & (count <= tl.load(cap_ptr + seg))).to(tl.int32)
     zero = (count < k) & (tl.load(lo_ptr + i) == 0)  # fewer than k nonzeros, all of them candidates
     begin = tl.load(seg_start_ptr + seg).to(tl.int64)
     length = tl.where(found != 0, count, tl.where(zero, 0, d))
     prefix, remaining = k * 0, k
-    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 24, 0,
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, base, begin, length, found, prefix, P, HAS_HAT, 24, 0,
                            BLOCK)
     prefix, remaining, ties = _pick(counts, prefix, remaining, 24)
-    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 16,
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, base, begin, length, found, prefix, P, HAS_HAT, 16,
                            0x7F000000, BLOCK)
     prefix, remaining, ties = _pick(counts, prefix, remaining, 16)
-    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 8,
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, base, begin, length, found, prefix, P, HAS_HAT, 8,
                            0x7FFF0000, BLOCK)
     prefix, remaining, ties = _pick(counts, prefix, remaining, 8)
-    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, i, begin, length, found, prefix, P, C, HAS_HAT, 0,
+    counts = _digit_counts(x_ptr, h_ptr, buf_ptr, row, base, begin, length, found, prefix, P, HAS_HAT, 0,
                            0x7FFFFF00, BLOCK)
     tau, room, ties = _pick(counts, prefix, remaining, 0)  # ties: entries equal to tau, room of them kept
     tau = tl.where(zero, 0, tau)
@@ -314,18 +318,18 @@ def _select(x_ptr, h_ptr, out_ptr, lo_ptr, count_ptr, buf_ptr, idx_ptr, path_ptr
     if sparse:
         cut = k * 0
         if (found != 0) & (ties != room):
-            counts = _tie_counts(buf_ptr, idx_ptr, i, count, tau, cut, C, 24, 0, BLOCK)
+            counts = _tie_counts(buf_ptr, idx_ptr, base, count, tau, cut, 24, 0, BLOCK)
             cut, room, _ = _pick(counts, cut, room, 24)
-            counts = _tie_counts(buf_ptr, idx_ptr, i, count, tau, cut, C, 16, 0x7F000000, BLOCK)
+            counts = _tie_counts(buf_ptr, idx_ptr, base, count, tau, cut, 16, 0x7F000000, BLOCK)
             cut, room, _ = _pick(counts, cut, room, 16)
-            counts = _tie_counts(buf_ptr, idx_ptr, i, count, tau, cut, C, 8, 0x7FFF0000, BLOCK)
+            counts = _tie_counts(buf_ptr, idx_ptr, base, count, tau, cut, 8, 0x7FFF0000, BLOCK)
             cut, room, _ = _pick(counts, cut, room, 8)
-            counts = _tie_counts(buf_ptr, idx_ptr, i, count, tau, cut, C, 0, 0x7FFFFF00, BLOCK)
+            counts = _tie_counts(buf_ptr, idx_ptr, base, count, tau, cut, 0, 0x7FFFFF00, BLOCK)
             cut, room, _ = _pick(counts, cut, room, 0)
         for b in range(0, count, BLOCK):
             offs = b + tl.arange(0, BLOCK)
-            v = tl.load(buf_ptr + i * C + offs, mask=offs < count, other=0)
-            col = tl.load(idx_ptr + i * C + offs, mask=offs < count, other=0)
+            v = tl.load(buf_ptr + base + offs, mask=offs < count, other=0)
+            col = tl.load(idx_ptr + base + offs, mask=offs < count, other=0)
             bits = v & 0x7FFFFFFF
             keep = (offs < count) & ((bits > tau) | ((bits == tau) & ((~col & 0x7FFFFFFF) >= cut)))
             at = row * P + col
@@ -357,8 +361,10 @@ SAMPLE = 2048  # entries a segment's threshold is first estimated from (a power 
 @functools.lru_cache(maxsize=64)
 def _plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sample: int, block: int):
     """Per segment (each (L,) int32 on the device): its first column, size, k, the sample rank whose value
-    brackets the k-th largest from below, its first block and number of blocks; and the candidate buffer's
-    size C (one for all segments) and the sample's size S (a power of 2)."""
+    brackets the k-th largest from below, its first block and number of blocks, its candidate buffer's size
+    and offset in a row's; and a row's candidate buffer size CT (the sum: a buffer of the largest segment's
+    size for each would be several times r for a model of one big layer and many small ones) and the
+    sample's size S (a power of 2)."""
     ranks, caps = [], []
     for d, k in zip(sizes, ks):
         s = min(d, sample)
@@ -378,9 +384,10 @@ def _plan(sizes: tuple[int, ...], ks: tuple[int, ...], device: torch.device, sam
             caps.append(min(d, math.ceil(m / s * d) + 64))
     counts = [-(-d // block) for d in sizes]
     starts, firsts = [0, *itertools.accumulate(sizes)][:-1], [0, *itertools.accumulate(counts)][:-1]
-    per_segment = torch.tensor([starts, list(sizes), list(ks), ranks, firsts, counts], dtype=torch.int32,
-                               device=device)
-    return (*per_segment, max(caps), min(sample, triton.next_power_of_2(max(sizes))))
+    offsets = [0, *itertools.accumulate(caps)][:-1]
+    per_segment = torch.tensor([starts, list(sizes), list(ks), ranks, firsts, counts, caps, offsets],
+                               dtype=torch.int32, device=device)
+    return (*per_segment, sum(caps), min(sample, triton.next_power_of_2(max(sizes))))
 
 
 def top_k(x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, table, ks: tuple[int, ...],
@@ -403,12 +410,13 @@ def top_k(x: torch.Tensor, h: torch.Tensor | None, out: torch.Tensor, table, ks:
     start, end, seg = table
     nb, L = start.numel(), len(sizes)
     hh = x if h is None else h
-    seg_start, size, k, rank, first, nblocks, C, S = _plan(sizes, ks, x.device, SAMPLE, TOPK_BLOCK)
+    seg_start, size, k, rank, first, nblocks, cap, off, CT, S = _plan(sizes, ks, x.device, SAMPLE, TOPK_BLOCK)
     state = torch.empty(3, n, L, dtype=torch.int32, device=x.device)  # lo, candidate count, path
     _sample_lo[(n * L,)](x, hh, state[0], state[1], seg_start, size, rank, p, L, HAS_HAT=h is not None, S=S)
-    buf = torch.empty(2, n, L, C, dtype=torch.int32, device=x.device)  # the candidates' float bits, columns
-    _compact[(n * nb,)](x, hh, out, state[0], state[1], buf[0], buf[1], start, end, seg, p, L, nb, C,
+    buf = torch.empty(2, n, CT, dtype=torch.int32, device=x.device)  # the candidates' float bits, columns
+    _compact[(n * nb,)](x, hh, out, state[0], state[1], buf[0], buf[1], start, end, seg, cap, off, p, L, nb, CT,
                         HAS_HAT=h is not None, BLOCK=TOPK_BLOCK, num_warps=TOPK_WARPS)
     _select[(n * L,)](x, hh, out, state[0], state[1], buf[0], buf[1], state[2], start, end, seg_start, size, k,
-                      first, nblocks, p, L, C, HAS_HAT=h is not None, BLOCK=TOPK_BLOCK, num_warps=TOPK_WARPS)
+                      first, nblocks, cap, off, p, L, CT, HAS_HAT=h is not None, BLOCK=TOPK_BLOCK,
+                      num_warps=TOPK_WARPS)
     return state[2]
