@@ -284,7 +284,9 @@ class RandK(Compressor):
         n, width = r.shape
         parts, start = [], 0
         for d, k in zip(self.segments(width), self.ks(width)):
-            keys = torch.rand(n, d, generator=generator, device=r.device)  # (N, d) a random order per row
+            # (N, d) a random order per row. float64: float32 keys take 2^24 values, so a 10M layer has ties, which
+            # topk breaks by position (the first of a tied pair at the cut is kept), not at random
+            keys = torch.rand(n, d, generator=generator, device=r.device, dtype=torch.float64)
             idx = keys.topk(k, dim=1, sorted=False).indices.sort(1).values + start
             parts.append(idx)
             start += d
