@@ -98,6 +98,15 @@ def test_config_conversions_and_errors():
     for bad in ({"agents": 2.5}, {"nesterov": "maybe"}, {"lr": True}, {"dataset": 3}):
         with pytest.raises(ConfigError):
             sim.Config.from_dict(bad)
+    # "none" is a norm (no normalization layers), not "unset" (which gave the model's BatchNorm)
+    assert sim.Config.from_dict({"model": "resnet20", "norm": "none"}).norm == "none"
+    for bad, needle in [({"algorithm": "choco", "compressor": "none"}, "unknown compressor 'none'; accepted: identity"),
+                        ({"milestones": [1.5, 3]}, r"milestones must be a list of integers .* got \[1.5, 3\]"),
+                        ({"batch_size": 10**20}, r"batch_size must be an integer < 2\^31, got 1000"),
+                        ({"warmup": "99999999999999999999"}, r"warmup must be an integer < 2\^31"),
+                        ({"algorithm": "al_dsgd", "every": 2**40}, r"every must be an integer < 2\^31")]:
+        with pytest.raises(ConfigError, match=needle):
+            sim.Config.from_dict(bad)
     # built from Python, the same conversions: "false" is False, not a truthy string
     cfg = sim.Config(agents="8", nesterov="false", momentum="0.9", eval_agents="no")
     assert cfg.agents == 8 and cfg.nesterov is False and cfg.momentum == 0.9 and cfg.eval_agents is False

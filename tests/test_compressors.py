@@ -200,10 +200,12 @@ def test_specs():
                         ("qsgd:0", "levels"), ("sign:3", "too many numbers; .* like sign"),
                         ("identity:1", "too many numbers"), ("top_k:0.1,scaled", "top_k has no scaled form"),
                         ("qsgd:inf", "whole number, got inf"), ("dithered:nan", "whole number, got nan"),
-                        ("top_k_qsgd:0.01,1e400", "whole number, got inf")]:
+                        ("top_k_qsgd:0.01,1e400", "whole number, got inf"), ("top_k:", "numbers like top_k:0.01"),
+                        ("qsgd:16,,scaled", "numbers like"), ("qsgd:16,scaled,scaled", "numbers like")]:
         with pytest.raises(ConfigError, match=needle):
             kernels.parse(bad)
     assert repr(kernels.parse(" top_k : 0.1")) == "top_k(0.1)"
+    assert repr(kernels.parse("top_k")) == "top_k(0.01)" and repr(kernels.parse("qsgd:scaled")) == "qsgd(16, scaled)"
 
 
 @pytest.mark.parametrize("make", [kernels.identity, kernels.top_k, kernels.rand_k, kernels.qsgd, kernels.sign,

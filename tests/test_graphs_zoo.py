@@ -93,7 +93,12 @@ def test_specs(spec, n, name):
                                            ("hypercube", 12, "power of two"), ("ring:a", None, "numbers"),
                                            ("torus:4", None, "needs 2"), ("erdos_renyi:10,0.01", None, "disconnected"),
                                            ("circulant:1,4", None, "number of agents"), ("torus", 7, "torus:1x7"),
-                                           ("circulant:16", 16, r"\[1, 15\]")])
+                                           ("circulant:16", 16, r"\[1, 15\]"), ("ring:", 16, "numbers"),
+                                           ("torus:4x", 16, "numbers"), ("complete:x", 8, "numbers"),
+                                           ("hypercube:100", 16, "has 1267650600228229401496703205376 agents but"),
+                                           ("ring:50000000", None, "at most 65536"),
+                                           ("ring+rotate:inf", 8, "whole number k >= 2 of graphs, got inf"),
+                                           ("ring+rotate:nan", 8, "got nan")])
 def test_bad_specs(spec, n, needle):
     with pytest.raises(ConfigError, match=needle):
         graphs.parse(spec, n)

@@ -38,6 +38,7 @@ SPECS = {
     "one_peer_exponential": (lambda n, weights: one_peer_exponential(n), 1, "one_peer_exponential:16"),
     "random_matching": (lambda n, weights, seed: random_matching(n, seed), 1, "random_matching:16"),
 }
+MAX_AGENTS = 2**16
 RANDOM = ("erdos_renyi", "random_regular", "small_world", "random_matching")
 SCHEDULES = ("one_peer_exponential", "random_matching")
 
@@ -78,14 +79,15 @@ def parse(spec: str, n: int | None = None, *, weights: str = "metropolis", seed:
 
 
 def _static(spec: str, n: int | None, weights: str, seed: int):
-    name, _, rest = spec.strip().partition(":")
+    name, colon, rest = spec.strip().partition(":")
+    name = name.strip()
     if name not in SPECS:
         match = difflib.get_close_matches(name, list(SPECS), n=1)
         hint = f" (did you mean {match[0]!r}?)" if match else ""
         raise ConfigError(f"unknown topology {name!r}{hint}; accepted: {', '.join(SPECS)}")
     build, arity, example = SPECS[name]
-    try:
-        args = [_number(a.strip()) for a in rest.replace("x", ",").split(",") if a.strip()]
+    try:  # after a colon every part is a number: `ring:` and `torus:4x` are mistakes, not "size from agents"
+        args = [_number(a.strip()) for a in rest.replace("x", ",").split(",")] if colon else []
     except ValueError:
         raise ConfigError(f"topology {spec!r}: arguments must be numbers, e.g. {example}") from None
     if arity is None:  # circulant: every number is an offset, the size is the run's
@@ -104,11 +106,29 @@ def _static(spec: str, n: int | None, weights: str, seed: int):
         raise ConfigError(f"topology {spec!r} needs {arity} argument(s), e.g. {example}")
     if name in SCHEDULES and any(not isinstance(a, int) for a in args):
         raise ConfigError(f"topology {spec!r}: the size must be a whole number, e.g. {example}")
+    size = _size(name, args, n)  # checked before building: hypercube:100 would fill any memory
+    if n is not None and size is not None and size != n:
+        raise ConfigError(f"topology {spec!r} has {size} agents but agents={n}")
+    if size is not None and size > MAX_AGENTS:
+        raise ConfigError(f"topology {spec!r} has {size} agents; at most {MAX_AGENTS}: each round's W is a dense "
+                          f"(N, N) float64 matrix, 34 GB at {MAX_AGENTS}")
     kwargs = {"weights": weights, **({"seed": seed} if name in RANDOM else {})}
     topo = build(*args, **kwargs)
     if n is not None and topo.n != n:
         raise ConfigError(f"topology {spec!r} has {topo.n} agents but agents={n}")
     return topo
+
+
+def _size(name: str, args: list, n: int | None) -> int | None:
+    """The number of agents a spec's numbers give, before anything is built (None where they are not whole
+    numbers: the builder names that mistake)."""
+    if not all(isinstance(a, int) for a in args[:2 if name in ("torus", "grid") else 1]):
+        return None
+    if name in ("torus", "grid"):
+        return args[0] * args[1]
+    if name == "hypercube":
+        return 2 ** args[0] if args[0] >= 0 else None
+    return {"dyck": 32, "petersen": 10, "circulant": n}.get(name, args[0] if args else None)
 
 
 def _number(text: str) -> int | float:
@@ -142,7 +162,7 @@ def _need(arg: float | None, example: str) -> float:
 
 def _rotate(base: Topology, k: float | None, weights: str, seed: int):
     """AL-DSGD's dynamic graphs: the base and relabelled copies of it (copy 0 is the base itself)."""
-    if k is not None and (k != int(k) or k < 2):
+    if k is not None and (not math.isfinite(k) or k != int(k) or k < 2):
         raise ConfigError(f"rotate:k needs a whole number k >= 2 of graphs, got {k!r}")
     count = 3 if k is None else int(k)
     copies = [base] + [relabelled(base, seed + i, weights) for i in range(1, count)]

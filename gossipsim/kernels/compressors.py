@@ -516,13 +516,15 @@ def parse(spec: str, per: str = "model") -> Compressor:
     if not isinstance(spec, str):
         raise ConfigError(f"compressor spec {spec!r}: accepted: a string, one of "
                           + ", ".join(example for _, example in SPECS.values()))
-    name, _, rest = spec.strip().partition(":")
+    name, colon, rest = spec.strip().partition(":")
     name = name.strip()
     if name not in SPECS:
         accepted = ", ".join(example for _, example in SPECS.values())
         raise ConfigError(f"unknown compressor {name!r}; accepted: {accepted}")
     build, example = SPECS[name]
-    words = [w.strip() for w in rest.split(",") if w.strip()]
+    words = [w.strip() for w in rest.split(",")] if colon else []
+    if "" in words or words.count("scaled") > 1:  # `top_k:`, `qsgd:16,,scaled`, `qsgd:16,scaled,scaled`
+        raise ConfigError(f"compressor {spec!r}: expected numbers like {example}")
     scaled = "scaled" in words
     if scaled and name in ("identity", "top_k", "sign"):
         raise ConfigError(f"compressor {spec!r}: {name} has no scaled form; e.g. {example}")

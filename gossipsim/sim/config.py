@@ -27,6 +27,9 @@ PARTITIONS = ("iid", "dirichlet", "shards")
 SCHEDULES = ("constant", "multistep", "cosine")
 DTYPES = ("float32", "float64")
 COMPILE = ("off", "oracle", "round", "graph")
+# Keys where the word "none" is a value (norm=none: no normalization layers) or a mistake the key's own check names
+# (compressor=none: identity sends uncompressed), not "unset, take the default" as for the other nullable keys.
+NONE_IS_A_WORD = ("norm", "compressor")
 ALGORITHM_KEYS = ("compressor", "gamma", "beta", "eps", "rescale", "c1", "c2", "p1", "p2", "every", "variant", "mu")
 
 
@@ -150,9 +153,12 @@ class Config:
             _choice("norm", self.norm, ("bn", "gn", "none"))
         for key, low in (("agents", 2), ("rounds", 1), ("batch_size", 1), ("eval_every", 1),
                          ("shards_per_agent", 1), ("warmup", 0), ("chunk_size", 0), ("eval_samples", 0),
-                         ("image_size", 1)):
-            if getattr(self, key) < low:
-                raise ConfigError(f"{key} must be an integer >= {low}, got {getattr(self, key)}")
+                         ("image_size", 1), ("checkpoint_every", 0), ("every", 1)):
+            value = getattr(self, key)
+            if value is not None and value < low:
+                raise ConfigError(f"{key} must be an integer >= {low}, got {value}")
+            if value is not None and value >= 2**31:  # counts of rounds, samples, agents: past this, torch overflows
+                raise ConfigError(f"{key} must be an integer < 2^31, got {value}")
         if self.checkpoint_every is not None and (self.checkpoint_every < 0 or self.checkpoint_every % self.eval_every):
             raise ConfigError(f"checkpoint_every must be 0 (none) or a multiple of eval_every={self.eval_every} "
                               f"(checkpoints are taken at evaluations), got {self.checkpoint_every}")
@@ -350,7 +356,8 @@ def _guess(text: str) -> Any:
 def _convert(key: str, value: Any, kind: str) -> Any:
     """Convert a TOML value or command-line string to the field's type, or raise one clear line."""
     base = kind.replace(" | None", "")
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in kind):
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in kind
+                         and key not in NONE_IS_A_WORD):
         if "None" in kind:
             return None
         raise ConfigError(f"{key} needs a value")
@@ -372,6 +379,8 @@ def _convert(key: str, value: Any, kind: str) -> Any:
         if base == "list[int]":
             if isinstance(value, str):
                 value = [v for v in value.strip("[]").split(",") if v.strip()]
+            if any(isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) for v in value):
+                raise ValueError  # a file's [1.5, 3]: int() would make it 1
             return [int(v) for v in value]
         if base == "str":
             if not isinstance(value, str):
