@@ -171,11 +171,45 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(tmp_path, monkeypat
     assert sorted(p.name for p in (tmp_path / "r").glob(".*.tmp")) == []  # the partial file holds no disk
     assert checkpoint.load(tmp_path / "r")["round"] == 2
 
+    def torch_disk_full(obj, f):  # what torch's zip writer raises on a full disk
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3328 vs 3222")
+
+    monkeypatch.setattr(torch, "save", torch_disk_full)
+    with pytest.raises(OSError, match=r"could not write the checkpoint .*MiB free on its disk\): \[enforce fail"):
+        checkpoint.save({"round": 9}, tmp_path / "r" / checkpoint.NAME)
+    assert (tmp_path / "r" / checkpoint.NAME).read_bytes() == before
+
+
+def test_a_metrics_line_cut_short_is_taken_back_or_skipped(tmp_path, monkeypatch):
+    from gossipsim.sim import metrics, results
+
+    run = metrics.RunDir(tmp_path / "r")
+    run.append_metrics({"round": 1, "test_acc": 0.5})
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(metrics.os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        run.append_metrics({"round": 2, "test_acc": 0.6})
+    monkeypatch.undo()
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == '{"round": 1, "test_acc": 0.5}\n'
+    # a run killed mid-line: the whole evaluations before it still load
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+        f.write('{"round": 2, "test_a')
+    assert [r["round"] for r in results.load_run(tmp_path / "r").rows] == [1]
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+        f.write('\n')  # a complete line that is not JSON is an edited file, not a cut
+    with pytest.raises(ConfigError, match="not gossipsim's JSON"):
+        results.load_run(tmp_path / "r")
+
 
 @pytest.mark.parametrize("args,needle", [
     (["--lr=0.5"], "lr cannot change when resuming a run (the checkpoint's run has lr=0.1)"),
     (["--rounds=1"], "rounds=1 is before the checkpoint's round 2"),
     (["--rounds=x"], "rounds must be an integer"),
+    (["--rounds=4", "--out=elsewhere"], "out=elsewhere cannot change when resuming: the run goes on in"),
 ])
 def test_resume_mistakes_exit_2(args, needle, tmp_path, capsys):
     run = tmp_path / "r"
@@ -191,7 +225,7 @@ def test_resume_accepts_an_algorithm_key_at_the_value_its_factory_took_by_defaul
     run = tmp_path / "r"
     assert main(["run", "--algorithm=choco", "--agents=3", "--rounds=2", "--eval_every=2", "--batch_size=4",
                  "--eval_samples=50", "--progress=false", f"--out={run}"]) == 0
-    assert main(["run", f"--resume={run}", "--rounds=3", "--gamma=0.5"]) == 0  # choco's default
+    assert main(["run", f"--resume={run}", "--rounds=3", "--gamma=0.5", f"--out={run}/"]) == 0  # choco's default
     capsys.readouterr()
     assert main(["run", f"--resume={run}", "--rounds=4", "--gamma=0.4"]) == 2
     assert "gamma cannot change when resuming a run (the checkpoint's run has gamma=0.5)" in capsys.readouterr().err

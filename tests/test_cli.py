@@ -170,3 +170,12 @@ def test_python_api_mistakes_are_config_errors_naming_the_value():
     with pytest.raises(ConfigError, match="norm='bn': mlp has no normalization layers to choose; models that take "
                                           "norm: resnet18, resnet20"):
         sim.build(sim.Config(agents=3, model="mlp", norm="bn", progress=False))
+
+
+def test_a_default_run_directory_name_stays_short(tmp_path, monkeypatch):
+    # ring+rotate:30 names its 30 graphs: the default directory's name passed 255 bytes
+    monkeypatch.chdir(tmp_path)
+    engine = sim.build(sim.Config(topology="ring+rotate:30", agents=4, rounds=1, batch_size=4, eval_samples=20,
+                                  progress=False))
+    name = engine.run_dir.path.name
+    assert len(name) < 100 and name.startswith("dsgd-rotating_ring4_ring4_1_"), name

@@ -17,6 +17,7 @@ weights_only=True unpickler accepts: loading a checkpoint never runs code from t
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,12 @@ def save(state: dict[str, Any], path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a full disk or an interrupt: the partial file would hold the space the next try needs
+    except BaseException as e:  # a full disk or an interrupt: the partial file would hold the space the next try needs
         tmp.unlink(missing_ok=True)
+        if isinstance(e, RuntimeError):  # torch's writer reports a failed write (a full disk) as "enforce fail"
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(f"could not write the checkpoint {str(path)!r} ({free / 2**20:.1f} MiB free on its disk): "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         raise
     return path
 

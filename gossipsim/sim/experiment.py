@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import inspect
 import json
 import re
@@ -50,6 +51,8 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     # the datasets are on the device already: what is free is what the run can take
     est = memory.plan(model, algo, cfg.batch_size, train.shape, getattr(torch, cfg.dtype), device)
     safe = re.sub(r"[^A-Za-z0-9.]+", "_", topo.name).strip("_")  # matcha(ring8, budget=0.5) -> matcha_ring8_budget_0.5
+    if len(safe) > 64:  # ring+rotate:30 names its 30 graphs: past a file name's 255 bytes
+        safe = f"{safe[:55]}_{hashlib.sha1(safe.encode()).hexdigest()[:8]}"
     out = cfg.out or _unused(f"runs/{cfg.algorithm}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}")
     kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, dtype=getattr(torch, cfg.dtype), device=device,
                   augment=cfg.augment, same_init=cfg.same_init, eval_every=cfg.eval_every,
@@ -109,6 +112,9 @@ def resume(run_dir: str | Path, **overrides: Any) -> Engine:
         # --hyper.NAME=VALUE repeats one entry of the run's table; a whole table (a sweep's) stands as given
         overrides = {**overrides, "hyper": old.get("hyper", {})}
     overrides = fold_hyper(overrides)
+    if overrides.get("out") is not None and Path(overrides["out"]).resolve() != Path(run_dir).resolve():
+        raise ConfigError(f"out={overrides['out']} cannot change when resuming: the run goes on in {str(run_dir)!r}; "
+                          f"to branch it, copy that directory and resume the copy")
     cfg = Config.from_dict({**old, **overrides, "out": str(run_dir)})
     for k in changed_settings(old, cfg, ignore=(*RESUMABLE, "out")):  # only an override can differ
         raise ConfigError(f"{k} cannot change when resuming a run (the checkpoint's run has {k}={old.get(k)!r}); "

@@ -135,9 +135,14 @@ class RunDir:
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            end = f.tell()
+            try:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            except BaseException:  # a full disk: take back a line cut short, which would spoil the file for plot
+                f.truncate(end)
+                raise
 
     def keep_metrics(self, rows: int) -> int:
         """Keep metrics.jsonl's first `rows` lines (what a checkpoint had seen), moving any later ones (evaluations

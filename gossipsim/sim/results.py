@@ -41,11 +41,23 @@ def load_run(path: str | Path) -> Run:
     if not metrics.exists():
         raise ConfigError(f"{str(path)!r} is not a run directory (no metrics.jsonl)")
     config = _json(path / "config.json") if (path / "config.json").exists() else {}
-    rows = [_json(metrics, line) for line in metrics.read_text().splitlines() if line.strip()]
+    text = metrics.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n") and not _parses(lines[-1]):
+        lines.pop()  # a last line cut short (the run was killed while writing it): the evaluations before it stand
+    rows = [_json(metrics, line) for line in lines]
     if not all(isinstance(r, dict) and "round" in r and "test_acc" in r for r in rows):
         raise ConfigError(f"{str(metrics)!r} holds lines that are not gossipsim evaluations")
     summary = _json(path / "summary.json") if (path / "summary.json").exists() else None
     return Run(path, config, rows, summary)
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _json(path: Path, text: str | None = None) -> Any:
