@@ -15,7 +15,7 @@ def test_bench_writes_a_report_with_the_device_versions_and_each_scripts_tables(
                                            ("Broken", "no_such_script.py", "a script that fails")])
     out = tmp_path / "RESULTS.md"
     out.write_text("the previous report")
-    assert main(["bench", "--quick", "--device=cpu", f"--out={out}"]) == 0
+    assert main(["bench", "--quick", "--device=cpu", f"--out={out}"]) == 1  # a script failed
     report = out.read_text()
     assert report.startswith("# Benchmark results\n\n`gossipsim bench --quick --device=cpu`")
     assert f"torch {torch.__version__}" in report and "- device: " in report
@@ -23,8 +23,37 @@ def test_bench_writes_a_report_with_the_device_versions_and_each_scripts_tables(
     assert "| ring64 | 64 | 60000 |" in report  # the script's own table
     assert "## Broken" in report and "(failed with exit status 2" in report
     assert json.loads((tmp_path / "results-quick" / "gossip.json").read_text())["rows"]
-    assert "| ring64 |" in capsys.readouterr().out  # shown as it runs
+    shown = capsys.readouterr()
+    assert "| ring64 |" in shown.out  # shown as it runs
+    assert shown.err == f"gossipsim: error: the benchmark script of Broken failed; {out} shows its last output\n"
+    assert f"wrote {out}\n" in shown.out  # and no plot: the throughput script did not run
     assert not (tmp_path / "RESULTS.md.tmp").exists()
+
+
+def test_bench_out_is_checked_before_anything_runs_and_is_taken_from_the_current_directory(tmp_path, monkeypatch,
+                                                                                          capsys):
+    (tmp_path / "adir").mkdir()
+    for bad in ("adir", "report.png"):
+        assert main(["bench", "--quick", "--device=cpu", f"--out={tmp_path / bad}"]) == 2
+        assert "the report is a Markdown file" in capsys.readouterr().err
+    monkeypatch.setattr(bench, "SCRIPTS", [("Gossip", "gossip.py", "the gossip product")])
+    monkeypatch.setattr(bench.subprocess, "Popen", _FakeScript)
+    monkeypatch.chdir(tmp_path)  # the scripts run in the source root: a relative --out is the user's directory's
+    assert bench.run(quick=True, device="cpu", out="mine.md") == (tmp_path / "mine.md", [])
+    assert (tmp_path / "results-quick").is_dir() and "| a table |" in (tmp_path / "mine.md").read_text()
+
+
+class _FakeScript:
+    """Popen of a benchmark script that prints a table and writes its JSON where --json says."""
+
+    def __init__(self, argv, cwd, stdout, text):
+        from pathlib import Path
+
+        Path(argv[argv.index("--json") + 1]).write_text('{"rows": []}')
+        self.stdout = iter(["| a table |\n"])
+
+    def wait(self):
+        return 0
 
 
 def test_a_quick_bench_never_writes_over_the_full_report(tmp_path, monkeypatch):
@@ -33,11 +62,11 @@ def test_a_quick_bench_never_writes_over_the_full_report(tmp_path, monkeypatch):
     (tmp_path / "benchmarks").mkdir()
     full = tmp_path / "benchmarks" / "RESULTS.md"
     full.write_text("the full report")
-    assert bench.run(quick=True, device="cpu") == tmp_path / "benchmarks" / "RESULTS-quick.md"
+    assert bench.run(quick=True, device="cpu") == (tmp_path / "benchmarks" / "RESULTS-quick.md", ["Broken"])
     assert full.read_text() == "the full report"
     assert (tmp_path / "benchmarks" / "RESULTS-quick.md").read_text().startswith("# Benchmark results")
     assert (tmp_path / "benchmarks" / "results-quick").is_dir() and not (tmp_path / "benchmarks" / "results").exists()
-    assert bench.run(quick=False, device="cpu") == full and full.read_text().startswith("# Benchmark results")
+    assert bench.run(quick=False, device="cpu")[0] == full and full.read_text().startswith("# Benchmark results")
 
 
 def test_scaling_plot_from_throughput_json(tmp_path):

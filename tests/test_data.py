@@ -343,6 +343,11 @@ def test_a_data_dir_that_is_not_a_folder_is_refused(tmp_path):
         data.load("fashion-mnist", data_dir=tmp_path / "typo")
     assert "data_dir" in one_line(e) and "is not a directory" in str(e.value)
     data.load("synthetic", data_dir=tmp_path / "typo")  # the built-in dataset reads no files
+    # a folder without the files is looked in alone: never a quiet fall back on the system's copy
+    for name in ("fashion-mnist", "cifar10"):
+        with pytest.raises(ConfigError, match=f"dataset '{name}' not found") as e:
+            data.load(name, data_dir=tmp_path)
+        assert "/usr/share/datasets" not in str(e.value)
 
 
 def test_imagefolder_decodes_once_then_hits_the_cache(tmp_path, monkeypatch):

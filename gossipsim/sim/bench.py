@@ -105,21 +105,27 @@ def scaling_plot(throughput_json: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def run(quick: bool = False, device: str | None = None, out: str | Path | None = None) -> Path:
+def run(quick: bool = False, device: str | None = None, out: str | Path | None = None) -> tuple[Path, list[str]]:
     """Runs every benchmark script and writes RESULTS.md (default benchmarks/RESULTS.md, and
     benchmarks/RESULTS-cuda.md on a GPU; RESULTS-quick.md and RESULTS-cuda-quick.md with `quick`); returns
-    its path."""
+    its path and the titles of the sections whose script failed (the report says how)."""
     root = source_root()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device=cuda but torch sees no CUDA device; accepted here: cpu")
     # one report per kind of device; a quick look never writes over the full report kept in the repository
     default = ("RESULTS" if dev.type == "cpu" else f"RESULTS-{dev.type}") + ("-quick" if quick else "") + ".md"
-    out = Path(out) if out is not None else root / "benchmarks" / default
+    if out is not None:  # checked before the scripts run for minutes; absolute, since they run in the source root
+        if Path(out).suffix.lower() != ".md" or Path(out).is_dir():
+            raise ConfigError(f"--out={out}: the report is a Markdown file, e.g. --out=report.md (its plot and raw "
+                              f"numbers go beside it)")
+        out = Path(out).resolve()
+    else:
+        out = root / "benchmarks" / default
     results = out.parent / ("results-quick" if quick else "results")  # the full report's raw numbers stay too
     results.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now()
-    sections = []
+    sections, failed, done = [], [], set()
     for title, script, what in SCRIPTS:
         args = ["--device", dev.type] + (["--quick"] if quick else [])
         args += CUDA_ONLY.get(script, []) if dev.type == "cuda" else []
@@ -137,10 +143,14 @@ def run(quick: bool = False, device: str | None = None, out: str | Path | None =
         body = "".join(lines).strip()
         if status != 0:
             body = f"(failed with exit status {status}; its last output:)\n\n```\n{body[-3000:]}\n```"
+            failed.append(title)
+        else:
+            done.add(script)
         sections.append(f"## {title}\n\n{what}.\n\n`{shown}`\n\n{body}\n")
     plot = out.with_name(out.stem.replace("RESULTS", "scaling") + ".png")  # RESULTS-cuda.md: scaling-cuda.png
     throughput = results / "throughput.json"
-    if throughput.exists():
+    plotted = "throughput.py" in done and throughput.exists()  # this run's numbers, not an earlier run's
+    if plotted:
         scaling_plot(throughput, plot)
         sections.insert(1, f"![samples/s against N]({plot.name})\n")
     command = "gossipsim bench" + (" --quick" if quick else "") + f" --device={dev.type}"
@@ -152,5 +162,5 @@ def run(quick: bool = False, device: str | None = None, out: str | Path | None =
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text(header + "\n" + "\n".join(sections))
     tmp.replace(out)
-    print(f"\nwrote {out} and {plot.name}", flush=True)
-    return out
+    print(f"\nwrote {out}" + (f" and {plot.name}" if plotted else ""), flush=True)
+    return out, failed

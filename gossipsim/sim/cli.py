@@ -12,6 +12,7 @@ import difflib
 import importlib
 import importlib.util
 import math
+import os
 import signal
 import sys
 import threading
@@ -288,7 +289,11 @@ def cmd_bench(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="the report's path (default benchmarks/RESULTS.md; "
                         "with --quick, benchmarks/RESULTS-quick.md)")
     ns = parser.parse_args(argv)
-    bench.run(quick=ns.quick, device=ns.device, out=ns.out)
+    out, failed = bench.run(quick=ns.quick, device=ns.device, out=ns.out)
+    if failed:  # not a user's mistake: exit status 1
+        print(f"gossipsim: error: the benchmark script of {', '.join(failed)} failed; {out} shows its last output",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -321,8 +326,8 @@ def _main(argv: list[str], handlers) -> int:
         parser = _Parser(prog="gossipsim", description="Simulate decentralized (gossip) training of N agents on "
                          "one device.", formatter_class=argparse.RawDescriptionHelpFormatter,
                          epilog="commands:\n" + "\n".join(f"  {k:<8} {v}" for k, v in COMMANDS.items()) +
-                         "\n\nexit status: 0 done, 2 bad configuration or argument, 3 training diverged, "
-                         "130 interrupted")
+                         "\n\nexit status: 0 done, 1 a benchmark script failed, 2 bad configuration or argument, "
+                         "3 training diverged, 130 interrupted")
         parser.add_argument("--version", action="store_true", help="print the version and exit")
         ns = parser.parse_args(argv)
         if ns.version:
@@ -341,12 +346,16 @@ def _main(argv: list[str], handlers) -> int:
         hint = f"; {e}" if str(e) else ""
         print(f"gossipsim: interrupted; files already written are kept{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `gossipsim graphs | head`: the reader has gone, nothing to tell it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
+        return 1
     except OSError as e:  # an unwritable --out, a full disk: what was written before is kept
         where = f": {e.filename}" if e.filename else ""
         print(f"gossipsim: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except MemoryError as e:  # e.g. the dense (N, N) mixing matrix of a huge topology
-        print(f"gossipsim: error: out of host memory: {_one_line(str(e))}", file=sys.stderr)
+        detail = f": {_one_line(str(e))}" if str(e) else ""
+        print(f"gossipsim: error: out of host memory{detail}", file=sys.stderr)
         return 2
 
 

@@ -240,10 +240,9 @@ def _find_idx(folder: Path) -> list[Path] | None:
 
 
 def _load_idx(key: str, data_dir: str | os.PathLike | None) -> tuple[Dataset, Dataset]:
-    places = []
-    if data_dir is not None:
-        places += [Path(data_dir) / sub for sub in _IDX_DIRS[key]] + [Path(data_dir)]
-    places.append(_SYSTEM_DIR / key)
+    # a data_dir given is the only place looked in: a mistyped one must not quietly train on the system's copy
+    places = ([Path(data_dir) / sub for sub in _IDX_DIRS[key]] + [Path(data_dir)] if data_dir is not None
+              else [_SYSTEM_DIR / key])
     for folder in places:
         files = _find_idx(folder)
         if files is not None:
@@ -306,9 +305,9 @@ def read_cifar(files: list[Path], label_key: str) -> tuple[torch.Tensor, torch.T
 def _load_cifar(key: str, data_dir: str | os.PathLike | None) -> tuple[Dataset, Dataset]:
     folder, train_files, test_file, label_key, classes = _CIFAR[key]
     places = [_SYSTEM_DIR / key / folder, _SYSTEM_DIR / key]
-    if data_dir is not None:
+    if data_dir is not None:  # the only place looked in, as for the idx datasets
         r = Path(data_dir)
-        places = [r / folder, r / key / folder, r / key, r, *places]
+        places = [r / folder, r / key / folder, r / key, r]
     for place in places:
         if all((place / f).is_file() for f in (*train_files, test_file)):
             break
