@@ -179,3 +179,13 @@ def test_a_default_run_directory_name_stays_short(tmp_path, monkeypatch):
                                   progress=False))
     name = engine.run_dir.path.name
     assert len(name) < 100 and name.startswith("dsgd-rotating_ring4_ring4_1_"), name
+
+
+def test_an_out_under_a_file_names_the_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("kept")
+    for out in ("afile", "afile/run"):
+        assert main(["run", "--agents=2", "--rounds=1", "--progress=false", f"--out={tmp_path / out}"]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"gossipsim: error: out='{tmp_path / out}': '{tmp_path / 'afile'}' is a file, not a folder; "
+                       f"give a path for the run's directory\n"), err
+    assert (tmp_path / "afile").read_text() == "kept"

@@ -125,6 +125,12 @@ def test_plot_mistakes(tmp_path, capsys):
     assert len(err) == 3 and all(line.startswith("gossipsim: error: ") for line in err)
     with pytest.raises(Exception, match="not a run directory"):
         sweep.results.load_run(tmp_path / "empty")
+    # a run named twice, or by itself and through its sweep's directory, is one run
+    for name in ("a", "b"):
+        (tmp_path / "sw" / name).mkdir(parents=True)
+        (tmp_path / "sw" / name / "metrics.jsonl").write_text('{"round": 1, "test_acc": 0.5}\n')
+    found = sweep.results.find_runs([tmp_path / "sw" / "a", tmp_path / "sw", f"{tmp_path}/sw/./a"])
+    assert [r.path.name for r in found] == ["a", "b"]
 
 
 def test_the_shipped_sweep_files_are_valid():

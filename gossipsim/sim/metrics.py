@@ -122,6 +122,10 @@ class RunDir:
 
     def __init__(self, path: str | Path, resume: bool = False):
         self.path = Path(path)
+        blocked = next((p for p in (self.path, *self.path.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise ConfigError(f"out={str(self.path)!r}: {str(blocked)!r} is a file, not a folder; give a path for "
+                              f"the run's directory")
         if not resume and (self.path / "metrics.jsonl").exists():  # appending would mix two runs in one file
             how = (f"continue or extend it with --resume={self.path}" if (self.path / "checkpoint.pt").exists()
                    else "it stopped before its first checkpoint, so there is nothing to resume: remove it")

@@ -82,7 +82,8 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             runs += [load_run(d) for d in found]
         else:
             raise ConfigError(f"{str(p)!r} is not a directory; give run directories or a sweep's directory")
-    return runs
+    seen: set[Path] = set()  # a run named twice (`plot a a`, or a and its sweep) would count as two seeds
+    return [r for r in runs if not (r.path.resolve() in seen or seen.add(r.path.resolve()))]
 
 
 def tidy(runs: list[Run], keys: list[str]) -> list[dict[str, Any]]:
