@@ -71,7 +71,7 @@ def test_a_rare_branch_compiles_no_graph_mid_run():
 
 
 def test_compile_graph_needs_cuda_and_a_static_topology(tmp_path):
-    for topology, shown in (("ring", r"Topology\(ring4"), ("random_matching", r"RandomSchedule\(random_matching4")):
+    for topology, shown in (("ring", r"ring4 \(static\)"), ("random_matching", r"random_matching4 \(time-varying\)")):
         with pytest.raises(ConfigError, match=f"compile=graph .* got device=cpu and topology {shown}"):
             experiment.build(Config(agents=4, rounds=2, eval_every=2, progress=False, compile="graph",
                                     topology=topology, out=str(tmp_path / topology)))

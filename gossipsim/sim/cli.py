@@ -237,6 +237,8 @@ def cmd_graphs(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random graphs")
     parser.add_argument("--draw", metavar="FILE.png", help="draw the graphs side by side into a PNG")
     ns = parser.parse_args(argv)
+    if ns.draw:
+        _image("--draw", ns.draw)  # before the table, not after it
     topos = [graphs.parse(spec, ns.agents, weights=ns.weights, seed=ns.seed) for spec in ns.specs]
     print("| topology | n | degree | diameter | spectral gap | rho per round | worst round | "
           "mixing time (rounds to 1e-2) |")
@@ -259,7 +261,6 @@ def cmd_graphs(argv: list[str]) -> int:
             steps = math.ceil(math.log(1e-2) / math.log(r)) if r < 1 else math.inf
         print(f"| {spec} | {topo.n} | {degree} | {diameter} | {gap} | {r:.4f} | {worst:.4f} | {steps} |")
     if ns.draw:
-        _image("--draw", ns.draw)
         import matplotlib
 
         matplotlib.use("Agg")

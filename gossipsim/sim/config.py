@@ -145,10 +145,10 @@ class Config:
         _choice("backend", self.backend, ("auto", "vmap", "loop", "chunked"))
         _choice("compile", self.compile, COMPILE)
         _choice("autocast", self.autocast, ("off", "bf16"))
+        _choice("dtype", self.dtype, DTYPES)  # before autocast's check, which names dtype too
         if self.autocast != "off" and self.dtype != "float32":
             raise ConfigError(f"autocast={self.autocast} needs dtype=float32 (autocast lowers float32 "
                               f"computations), got dtype={self.dtype}")
-        _choice("dtype", self.dtype, DTYPES)
         if self.norm is not None:
             _choice("norm", self.norm, ("bn", "gn", "none"))
         for key, low in (("agents", 2), ("rounds", 1), ("batch_size", 1), ("eval_every", 1),
@@ -232,6 +232,8 @@ class Config:
                 algorithm = values.get("algorithm", "dsgd")
                 if isinstance(algorithm, str) and key in _registered().get(algorithm, {}):
                     hint = f" ({algorithm}'s own hyperparameter: give it as hyper.{key})"
+                if key in ("resume", "import"):  # options of the command, not keys of an experiment
+                    hint = f" (--{key} is an option of `gossipsim run`, not a key of a config file)"
                 raise ConfigError(f"unknown key {key!r}{hint}; see `gossipsim run --help` for the keys")
             kwargs[key] = _convert(key, value, fields[key].type)
         return cls(**kwargs)

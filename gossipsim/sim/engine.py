@@ -65,8 +65,10 @@ class Engine:
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
         if self.compile == "graph" and (self.device.type != "cuda" or not isinstance(self.topology, Topology)):
+            kind = "static" if isinstance(self.topology, Topology) else "time-varying"
             raise ConfigError(f"compile=graph replays one captured round: it needs device=cuda and a static "
-                              f"topology, got device={self.device.type} and topology {self.topology!r}")
+                              f"topology, got device={self.device.type} and topology "
+                              f"{getattr(self.topology, 'name', type(self.topology).__name__)} ({kind})")
         n = self.model.n
         self.train, self.test = self.train.to(self.device), self.test.to(self.device)
         x0, self.buffers = self.model.init(self.seed, same_init=self.same_init, dtype=self.dtype,
