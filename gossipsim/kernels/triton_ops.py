@@ -227,9 +227,9 @@ def _compact(x_ptr, h_ptr, out_ptr, lo_ptr, count_ptr, buf_ptr, idx_ptr, start_p
         base = tl.atomic_add(count_ptr + row * L + seg, total)
         pos = base + tl.cumsum(c, axis=0) - 1
         keep = cand & (pos < tl.load(cap_ptr + seg))
-        base = row * CT + tl.load(off_ptr + seg)
-        tl.store(buf_ptr + base + pos, v, mask=keep)
-        tl.store(idx_ptr + base + pos, cols, mask=keep)
+        slots = row * CT + tl.load(off_ptr + seg)  # the segment's candidate buffer
+        tl.store(buf_ptr + slots + pos, v, mask=keep)
+        tl.store(idx_ptr + slots + pos, cols, mask=keep)
 
 
 @triton.jit
