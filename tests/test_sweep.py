@@ -105,6 +105,9 @@ def test_groups_over_seeds_and_their_bands(tmp_path, sweep_file):
     ("[grid\n", "not valid TOML"),
     ("[grid]\nseed = [0]\n[dsgd]\ngamma = 0.5\n", "[dsgd] sets gamma, which dsgd does not take; its keys: lr, "),
     ("out = 5\n[grid]\nseed = [0]\n", "out = 5; accepted: a directory path in quotes"),
+    ("[grid]\ndata_dir = ['/tmp/a/b', '/tmp/a_b']\n", "two grid points share the run directory name "
+                                                      "'data_dir=tmp_a_b'"),
+    ("[grid]\ntopology = ['circulant:1,2', 'circulant:1;2']\n", "'topology=circulant_1_2' (its characters"),
 ])
 def test_bad_sweep_files_exit_2_before_anything_runs(text, needle, tmp_path, capsys):
     path = tmp_path / "bad.toml"
@@ -201,3 +204,28 @@ def test_plot_a_run_that_sends_nothing_and_skip_a_set_aside_attempt(tmp_path, ca
     assert main(["plot", str(sweep_dir), f"--out={tmp_path / 'no' / 'such' / 'x.png'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path / "no" / "such" / "x.png") in err and ".tmp" not in err, err
+
+
+def test_groups_fill_in_factory_defaults_and_never_hide_a_group(tmp_path, capsys):
+    from gossipsim.sim.results import Run, group, plot
+
+    def run(name, seed, rounds=(0, 2, 4), summary=None, **config):
+        rows = [{"round": t, "test_acc": 0.5 + 0.01 * t + 0.001 * seed, "consensus": 0.1, "bits_per_agent": 8.0 * t}
+                for t in rounds]
+        return Run(tmp_path / name, {"algorithm": "choco", "seed": seed, **config}, rows, summary)
+
+    # gamma unset (finished: summary.json records the 0.5 its factory took; unfinished: rebuilt) and gamma = 0.5
+    recorded = {"hyperparameters": {"gamma": 0.5, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}}
+    same = [run("a", 0, summary=recorded, gamma=None), run("b", 1, gamma=None),
+            run("c", 2, gamma=0.5)]
+    assert {k: [r.path.name for r in v] for k, v in group(same).items()} == {"choco": ["a", "b", "c"]}
+    # a group that sets a key and one that leaves it unset, with no other value of that key to label by
+    apart = [run("d", 0, tensorboard=True), run("e", 0, hyper={"extra": 1}, algorithm="dsgd"),
+             run("f", 0, algorithm="dsgd")]
+    labels = group(apart)
+    assert sorted(r.path.name for v in labels.values() for r in v) == ["d", "e", "f"], labels
+    assert len(labels) == 3
+    # a run that stops early cuts its group's curve, and plot says so; copies of one seed are not seeds
+    plot([run("g", 0), run("h", 1, rounds=(0, 2)), run("i", 1)], tmp_path / "p.png")
+    err = capsys.readouterr().err
+    assert "'choco' is drawn to round 2, where" in err and "h' stops (its other runs reach round 4)" in err

@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from ..errors import ConfigError
 
 # Keys that say how a run was executed or which seed it drew, not which experiment it is.
 NOT_THE_EXPERIMENT = ("seed", "out", "progress", "device", "backend", "chunk_size", "compile", "checkpoint_every",
-                      "data_dir", "eval_agents", "eval_every")
+                      "data_dir", "eval_agents", "eval_every", "tensorboard")
 
 
 @dataclass
@@ -123,6 +124,12 @@ def group(runs: list[Run]) -> dict[str, list[Run]]:
         hyper = run.config.get("hyper") or {}  # an entry each, so that a label names the one that differs
         config = {k: v for k, v in run.config.items() if k != "hyper"}
         config.update({f"hyper.{k}": v for k, v in hyper.items()})
+        # a key left at its factory's default is the same experiment as one set to that value (choco's gamma
+        # unset or 0.5): fill in what the factory took
+        for k, v in _factory_values(run).items():
+            name = k if k in _config_keys() else f"hyper.{k}"  # a registered algorithm's own: in its hyper table
+            if config.get(name) is None:
+                config[name] = v
         if config.get("compressor") is None:  # compress_per means nothing without a compressor
             config.pop("compress_per", None)
         return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in NOT_THE_EXPERIMENT))
@@ -131,18 +138,44 @@ def group(runs: list[Run]) -> dict[str, list[Run]]:
     for run in runs:
         groups.setdefault(key(run), []).append(run)
     configs = [dict(k) for k in groups]
-    # a key labels the groups where it takes several values among the groups that set it (gamma set for choco
-    # only, to one value, says nothing that the algorithm does not)
-    differ = [k for k in dict.fromkeys(k for c in configs for k in c)
-              if len({c[k] for c in configs if k in c and c[k] != "null"}) > 1]
-    labels = {}
-    for k, members in groups.items():
-        c = dict(k)
-        shown = {d: json.loads(c[d]) for d in differ if d in c and json.loads(c[d]) is not None}  # unset: unsaid
-        label = ", ".join(f"{d}={v}" for d, v in shown.items()) or \
+
+    def label_by(differ: list[str], c: dict[str, str], members: list[Run]) -> str:
+        shown = {d: json.loads(c[d]) if d in c else None for d in differ}
+        return ", ".join(f"{d}={v}" for d, v in shown.items()) or \
             str(members[0].config.get("algorithm", members[0].path.name))
-        labels[label] = members
-    return labels
+
+    # a key labels the groups where it takes several values among the groups that set it (gamma set for choco
+    # only, to one value, says nothing that the algorithm does not); unset, it is left unsaid
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    differ = [k for k in keys if len({c[k] for c in configs if k in c and c[k] != "null"}) > 1]
+    labels = [label_by([d for d in differ if dict(k).get(d, "null") != "null"], dict(k), m) for k, m in groups.items()]
+    # groups that the short labels do not tell apart (one sets a key the other leaves unset) name every key that
+    # differs, unset ones as None: one group's label never hides another's runs
+    anywhere = [k for k in keys if len({c.get(k, "null") for c in configs}) > 1]
+    labels = [label_by(anywhere, dict(k), m) if labels.count(label) > 1 else label
+              for label, (k, m) in zip(labels, groups.items())]
+    return dict(zip(labels, groups.values()))
+
+
+def _config_keys() -> set[str]:
+    import dataclasses
+
+    from .config import Config
+
+    return {f.name for f in dataclasses.fields(Config)}
+
+
+def _factory_values(run: Run) -> dict[str, Any]:
+    """The plain hyperparameters the run's algorithm factory took, defaults included (summary.json records them;
+    an unfinished run's are rebuilt from its config; {} if it no longer builds)."""
+    recorded = (run.summary or {}).get("hyperparameters")
+    if recorded is not None:
+        return recorded
+    from .config import plain_items
+    from .experiment import _factory_hyper
+
+    built = _factory_hyper(run.config)
+    return {} if built is None else {k: v for k, v in plain_items(built[1]).items()}
 
 
 def mean_std(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -172,8 +205,15 @@ def plot(runs: list[Run], path: str | Path) -> Path:
     fig, (ax_round, ax_bits, ax_cons) = plt.subplots(1, 3, figsize=(15, 4))
     apart = sent_any = False  # any group whose agents disagree, any that sent bits: else a log axis shows nothing
     for label, members in group(runs).items():
-        seeds = f" ({len(members)} seeds)" if len(members) > 1 else ""
+        distinct = len({m.config.get("seed") for m in members})
+        seeds = (f" ({len(members)} seeds)" if distinct == len(members) else f" ({len(members)} runs, {distinct} "
+                 f"seeds)") if len(members) > 1 else ""
         rounds, bits, acc, acc_std = mean_std(members, "test_acc")
+        ends = {m.path: max((r["round"] for r in m.rows), default=0) for m in members}
+        if len(set(ends.values())) > 1:  # the mean is over the rounds every run reached: say who cut it short
+            short = min(ends, key=ends.get)
+            print(f"gossipsim plot: {label!r} is drawn to round {ends[short]}, where {str(short)!r} stops "
+                  f"(its other runs reach round {max(ends.values())})", file=sys.stderr)
         (line,) = ax_round.plot(rounds, 100 * acc, label=label + seeds)
         ax_round.fill_between(rounds, 100 * (acc - acc_std), 100 * (acc + acc_std), color=line.get_color(),
                               alpha=0.2, linewidth=0)

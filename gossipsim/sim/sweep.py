@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import re
 import sys
 import time
@@ -90,7 +91,7 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
         raise ConfigError(f"sweep file {str(path)!r}: out = {out!r}; accepted: a directory path in quotes")
     out = Path(out)
     keys = list(grid)
-    points, seen = [], set()
+    points, seen = [], {}
     for combo in itertools.product(*grid.values()):
         values = {**data, **dict(zip(keys, combo))}
         algorithm = values.get("algorithm", "dsgd")
@@ -98,14 +99,19 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
         if algorithm in algorithms.names():  # else Config names the bad algorithm below
             values = {k: v for k, v in values.items() if _takes(algorithm, k)}
         name = ",".join(f"{k}={_safe(values[k])}" for k in keys if k in values)
-        if name in seen:  # a grid value this algorithm does not take: one run, not one per value
-            continue
-        seen.add(name)
-        values["out"] = str(out / name)
         try:
             Config.from_dict(values)
         except ConfigError as e:
             raise ConfigError(f"sweep point {name}: {e}") from None
+        point = json.dumps({k: values[k] for k in keys if k in values}, sort_keys=True, default=str)
+        if name in seen:
+            if seen[name] == point:  # a grid value this algorithm does not take: one run, not one per value
+                continue
+            raise ConfigError(f"sweep file {str(path)!r}: two grid points share the run directory name {name!r} "
+                              f"(its characters other than letters, digits and '.' become '_'): {seen[name]} and "
+                              f"{point}; give values that differ in those characters")
+        seen[name] = point
+        values["out"] = str(out / name)
         points.append(Point(name, values))
     return out, keys, points
 
