@@ -154,7 +154,7 @@ def test_an_algorithms_own_statistics_are_recorded_and_resumed(tmp_path):
             with pytest.raises(AssertionError, match="statistic"):
                 algorithms.check(name)
             with pytest.raises(ConfigError, match=re.escape(needle)):
-                sim.build(sim.Config(algorithm=name, **cfg)).run(1)
+                sim.build(sim.Config(algorithm=name, **cfg), out=None).run(1)  # writes no run directory
     finally:
         for name in ("battery_stats", "battery_clash", "battery_wide"):
             algorithms.base._REGISTRY.pop(name, None)
@@ -163,7 +163,7 @@ def test_an_algorithms_own_statistics_are_recorded_and_resumed(tmp_path):
 def test_the_engines_metrics_are_the_ones_named_reserved():
     from gossipsim.sim.metrics import METRICS
 
-    engine = sim.build(sim.Config(agents=3, rounds=1, batch_size=4, eval_samples=50, progress=False))
+    engine = sim.build(sim.Config(agents=3, rounds=1, batch_size=4, eval_samples=50, progress=False), out=None)
     assert list(engine.run(1)[-1]) == list(METRICS)
 
 
@@ -201,7 +201,7 @@ def test_a_statistic_some_rounds_leave_out_is_averaged_over_the_rounds_that_give
     _sgd_with("stats_sometimes", stats_fn=every_other_round)
     try:
         engine = sim.build(sim.Config(algorithm="stats_sometimes", agents=3, rounds=4, eval_every=4, batch_size=4,
-                                      eval_samples=50, progress=False))
+                                      eval_samples=50, progress=False), out=None)
         row = engine.run(4)[-1]
         assert len(calls) == 4 and row["one"] == 1.0  # given in 2 of the 4 rounds: their mean, not 0.5
     finally:
