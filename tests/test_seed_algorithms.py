@@ -191,6 +191,9 @@ def test_bad_hyperparameters_get_one_line():
         sim.algorithms.make("al_dsgd", lr=0.1, variant="papr")
     with pytest.raises(ConfigError, match=r"c1 \+ c2 must be in \[0, 1\], got 1.2"):
         sim.algorithms.make("al_dsgd", lr=0.1, c1=0.6, c2=0.6)
+    with pytest.raises(ConfigError, match=r"p1 \+ p2 must be in \[0, 1\], got 1.5"):
+        sim.algorithms.make("al_dsgd", lr=0.1, p1=0.8, p2=0.7)  # the code variant would weigh Z by -0.5
+    sim.algorithms.make("al_dsgd", lr=0.1, p1=0.8, p2=0.7, variant="paper")  # there lr-scaled forces
     with pytest.raises(ConfigError, match="mu .* must be >= 0, got -1"):
         sim.algorithms.make("malcom_psgd", lr=0.1, mu=-1)
     with pytest.raises(ConfigError, match="every must be an integer >= 1, got 0"):

@@ -22,6 +22,12 @@ variant="paper": the corrective force enters the local step, scaled by the learn
 The leader step runs every `every` rounds (the code's --iteration); other rounds, and agents with no
 active neighbour, only gossip. Communication: the float32 model and two scalars (loss, degree) on
 every active edge.
+
+The leader terms make each round's combined matrix row-stochastic but not column-stochastic (an agent
+chosen as leader by many pulls them all): on irregular or changing graphs the average moves, and with
+data that differ across agents the fixed point minimizes a weighted sum_i pi_i f_i (pi: the stationary
+weights of that matrix), not sum_i f_i. On a regular static graph leader ties go to the agent itself and
+the average is kept.
 """
 from __future__ import annotations
 
@@ -51,6 +57,8 @@ def al_dsgd(lr, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0
         raise ConfigError(f"al_dsgd variant must be 'code' or 'paper', got {variant!r}")
     for name, v in (("c1", c1), ("c2", c2), ("p1", p1), ("p2", p2), ("c1 + c2", c1 + c2)):
         check_range("al_dsgd", name, v, 0, 1)
+    if variant == "code":  # Z - p1 (Z - L1) - p2 (Z - L2) weighs Z by 1 - p1 - p2: a negative weight beyond 1
+        check_range("al_dsgd", "p1 + p2", p1 + p2, 0, 1)
     if not isinstance(every, int) or every < 1:
         raise ConfigError(f"al_dsgd every must be an integer >= 1, got {every!r}")
     opt, schedule = LocalSGD(momentum, nesterov, weight_decay), as_schedule(lr)

@@ -16,6 +16,9 @@ uses the public copies of the previous round, so communication can overlap compu
     Y      = X^t - lr D(X^t) + gamma (W_t - I) X_hat   # last round's public copies
     Q      = C(Y - X_hat);  X_hat += Q;  X^{t+1} = Y
 
+X_hat starts at 0, so round 0 does not mix: agents that start from different points (same_init=false)
+average one round later than under `choco`.
+
 The official code keeps S = W X_hat as a running sum S += W Q, since an agent receives only Q. That sum
 is W X_hat only while W never changes: on a time-varying topology (link failures, MATCHA, random
 matchings) it mixes old rounds' weights and the agents never agree. Here (W_t - I) X_hat is formed each
