@@ -203,6 +203,9 @@ def test_a_metrics_line_cut_short_is_taken_back_or_skipped(tmp_path, monkeypatch
         f.write('\n')  # a complete line that is not JSON is an edited file, not a cut
     with pytest.raises(ConfigError, match="not gossipsim's JSON"):
         results.load_run(tmp_path / "r")
+    (tmp_path / "r" / "metrics.jsonl").write_text('{"round": 0, "te')  # nothing whole: no run to show
+    with pytest.raises(ConfigError, match="holds no complete evaluation"):
+        results.load_run(tmp_path / "r")
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -47,6 +47,8 @@ def load_run(path: str | Path) -> Run:
     if lines and not text.endswith("\n") and not _parses(lines[-1]):
         lines.pop()  # a last line cut short (the run was killed while writing it): the evaluations before it stand
     rows = [_json(metrics, line) for line in lines]
+    if not rows:
+        raise ConfigError(f"{str(metrics)!r} holds no complete evaluation")
     if not all(isinstance(r, dict) and "round" in r and "test_acc" in r for r in rows):
         raise ConfigError(f"{str(metrics)!r} holds lines that are not gossipsim evaluations")
     summary = _json(path / "summary.json") if (path / "summary.json").exists() else None
