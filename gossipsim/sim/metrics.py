@@ -138,15 +138,20 @@ class RunDir:
         os.replace(tmp, self.path / name)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            end = f.tell()
+        line = memoryview((json.dumps(row) + "\n").encode())
+        # unbuffered, so that a failed write can be taken back exactly: a buffered file would write its rest on close
+        fd = os.open(self.path / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
             try:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+                while line:
+                    line = line[os.write(fd, line):]
+                os.fsync(fd)
             except BaseException:  # a full disk: take back a line cut short, which would spoil the file for plot
-                f.truncate(end)
+                os.ftruncate(fd, end)
                 raise
+        finally:
+            os.close(fd)
 
     def keep_metrics(self, rows: int) -> int:
         """Keep metrics.jsonl's first `rows` lines (what a checkpoint had seen), moving any later ones (evaluations

@@ -7,6 +7,7 @@ with a band of one standard deviation over its seeds.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -122,6 +123,8 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def group(runs: list[Run]) -> dict[str, list[Run]]:
     """Runs grouped by experiment (config without seed and execution keys), labelled by the keys that differ."""
+    fields = _config_keys()
+
     def key(run: Run) -> tuple:
         hyper = run.config.get("hyper") or {}  # an entry each, so that a label names the one that differs
         config = {k: v for k, v in run.config.items() if k != "hyper"}
@@ -129,7 +132,7 @@ def group(runs: list[Run]) -> dict[str, list[Run]]:
         # a key left at its factory's default is the same experiment as one set to that value (choco's gamma
         # unset or 0.5): fill in what the factory took
         for k, v in _factory_values(run).items():
-            name = k if k in _config_keys() else f"hyper.{k}"  # a registered algorithm's own: in its hyper table
+            name = k if k in fields else f"hyper.{k}"  # a registered algorithm's own: in its hyper table
             if config.get(name) is None:
                 config[name] = v
         if config.get("compressor") is None:  # compress_per means nothing without a compressor
@@ -156,13 +159,14 @@ def group(runs: list[Run]) -> dict[str, list[Run]]:
     anywhere = [k for k in keys if len({c.get(k, "null") for c in configs}) > 1]
     labels = [label_by(anywhere, dict(k), m) if labels.count(label) > 1 else label
               for label, (k, m) in zip(labels, groups.items())]
+    # still alike only where one config lacks a key another has as null (an older version's): name a run
+    labels = [f"{label} ({m[0].path.name})" if labels.count(label) > 1 else label
+              for label, m in zip(labels, groups.values())]
     return dict(zip(labels, groups.values()))
 
 
 def _config_keys() -> set[str]:
-    import dataclasses
-
-    from .config import Config
+    from .config import Config  # here: config imports the graphs, and with them torch
 
     return {f.name for f in dataclasses.fields(Config)}
 
