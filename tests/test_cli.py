@@ -145,7 +145,7 @@ def test_plot_of_exact_averaging_and_a_bad_image_suffix(tmp_path, capsys):
     assert "one of .png, .pdf, .svg" in capsys.readouterr().err
 
 
-def test_python_api_mistakes_are_config_errors_naming_the_value():
+def test_python_api_mistakes_are_config_errors_naming_the_value(tmp_path):
     from gossipsim import graphs, kernels
 
     for call, needle in [(lambda: kernels.top_k("a"), "top_k fraction kept must be a number in (0, 1], got 'a'"),
@@ -157,7 +157,7 @@ def test_python_api_mistakes_are_config_errors_naming_the_value():
         with pytest.raises(ConfigError) as e:
             call()
         assert needle in str(e.value), str(e.value)
-    engine = sim.build(sim.Config(agents=3, rounds=2, batch_size=4, eval_samples=50, progress=False))
+    engine = sim.build(sim.Config(agents=3, rounds=2, batch_size=4, eval_samples=50, progress=False, out=str(tmp_path)))
     for rounds in ("2", -1, 2.5, True):
         with pytest.raises(ConfigError, match=f"run\\(rounds={re.escape(repr(rounds))}\\): accepted: a whole number"):
             engine.run(rounds)

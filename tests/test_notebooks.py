@@ -1,6 +1,7 @@
 """Every notebook runs top to bottom at tiny sizes (its parameters cell with QUICK = True), as a user's kernel would."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -13,6 +14,14 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 def test_the_five_notebooks_are_there():
     assert [p.stem for p in NOTEBOOKS] == ["01_quickstart", "02_write_an_algorithm", "03_topologies",
                                            "04_compression", "05_scaling"]
+
+
+def test_every_cell_has_an_id():
+    # nbformat 4.5 requires cell ids; a cell without one warns on every read, and will fail in later nbformat
+    for path in NOTEBOOKS:
+        cells = json.loads(path.read_text())["cells"]
+        assert all("id" in c for c in cells), f"{path.name}: cells without an id: " + \
+            str([i for i, c in enumerate(cells) if "id" not in c])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
