@@ -46,6 +46,7 @@ def test_a_sweep_runs_the_grid_into_one_tidy_csv_then_resumes(sweep_file, tmp_pa
     assert df["run"].nunique() == 6 and len(df) == 6 * 3
     assert set(df["algorithm"]) == {"dsgd", "choco"} and df.loc[df.algorithm == "dsgd", "compressor"].isna().all()
     assert set(df["round"]) == {0, 2, 4} and df["test_acc"].between(0, 1).all() and not df["diverged"].any()
+    assert df["finished"].all()
     table = df[df["round"] == 4].groupby(["algorithm", "compressor"], dropna=False)["test_acc"].agg(["mean", "std"])
     assert len(table) == 3 and table["std"].notna().all()  # the README's summary: 2 seeds per group
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
@@ -75,7 +76,7 @@ def test_a_sweep_runs_the_grid_into_one_tidy_csv_then_resumes(sweep_file, tmp_pa
         return [{k: v for k, v in json.loads(line).items() if k not in strip} for line in lines]
 
     assert rows((cut / "metrics.jsonl").read_text().splitlines()) == rows(expected)
-    assert len(pd.read_csv(csv)) == 18
+    assert len(pd.read_csv(csv)) == 18 and pd.read_csv(csv)["finished"].all()
 
     assert main(["plot", str(tmp_path / "sweep"), "--out", str(tmp_path / "p.png")]) == 0
     assert "6 runs in 3 groups" in capsys.readouterr().out and (tmp_path / "p.png").stat().st_size > 10_000
@@ -229,3 +230,14 @@ def test_groups_fill_in_factory_defaults_and_never_hide_a_group(tmp_path, capsys
     plot([run("g", 0), run("h", 1, rounds=(0, 2)), run("i", 1)], tmp_path / "p.png")
     err = capsys.readouterr().err
     assert "'choco' is drawn to round 2, where" in err and "h' stops (its other runs reach round 4)" in err
+
+
+def test_the_csv_says_which_runs_stopped_early(tmp_path):
+    engine = sim.build(sim.Config(agents=3, rounds=4, eval_every=2, batch_size=4, eval_samples=50, progress=False,
+                                  out=str(tmp_path / "short")))
+    engine.run(2)  # summary.json is written, but the config asks for 4 rounds
+    rows = results.tidy([results.load_run(tmp_path / "short")], ["algorithm"])
+    assert [(r["round"], r["finished"], r["diverged"]) for r in rows] == [(0, False, False), (2, False, False)]
+    engine.run(2)
+    rows = results.tidy([results.load_run(tmp_path / "short")], ["algorithm"])
+    assert [r["finished"] for r in rows] == [True] * 3

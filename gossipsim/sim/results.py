@@ -36,6 +36,12 @@ class Run:
     def diverged(self) -> bool:
         return bool(self.summary and "diverged" in self.summary)
 
+    @property
+    def finished(self) -> bool:
+        """Ran all the rounds its config asks for (summary.json is also written when a run() call asks for fewer)."""
+        return bool(self.summary and not self.diverged
+                    and self.summary.get("rounds", -1) >= self.config.get("rounds", float("inf")))
+
 
 def load_run(path: str | Path) -> Run:
     path = Path(path)
@@ -91,10 +97,12 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 
 
 def tidy(runs: list[Run], keys: list[str]) -> list[dict[str, Any]]:
-    """A row per run per evaluation: the run's name, its config values of `keys`, then the metrics."""
+    """A row per run per evaluation: the run's name, its config values of `keys`, whether it finished or
+    diverged (neither: it stopped early or is still running), then the metrics."""
     out = []
     for run in runs:
-        fixed = {"run": run.path.name, **{k: _value(run.config, k) for k in keys}, "diverged": run.diverged}
+        fixed = {"run": run.path.name, **{k: _value(run.config, k) for k in keys}, "finished": run.finished,
+                 "diverged": run.diverged}
         out += [{**fixed, **row} for row in run.rows]
     return out
 
