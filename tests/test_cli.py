@@ -167,6 +167,10 @@ def test_python_api_mistakes_are_config_errors_naming_the_value(tmp_path):
             engine.load_state_dict(bad)
     state = engine.state_dict()
     engine.load_state_dict(state)  # the real one still loads
+    with pytest.raises(ConfigError, match="eval_samples=2001: the synthetic test set has 2000 samples; accepted: 1 to "
+                                          "2000, or 0 for all of them"):
+        sim.build(sim.Config(agents=3, eval_samples=2001, progress=False, out=str(tmp_path / "big")))
+    assert not (tmp_path / "big").exists()
     with pytest.raises(ConfigError, match="norm='bn': mlp has no normalization layers to choose; models that take "
                                           "norm: resnet18, resnet20"):
         sim.build(sim.Config(agents=3, model="mlp", norm="bn", progress=False))

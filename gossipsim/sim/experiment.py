@@ -33,6 +33,9 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
         keep_freed_memory()
     options = dict(image_size=cfg.image_size) if cfg.dataset == "imagefolder" else {}
     train, test = data.load(cfg.dataset, cfg.data_dir, device=device, **options)
+    if cfg.eval_samples > len(test.y):  # capping it would leave config.json naming samples never evaluated
+        raise ConfigError(f"eval_samples={cfg.eval_samples}: the {cfg.dataset} test set has {len(test.y)} samples; "
+                          f"accepted: 1 to {len(test.y)}, or 0 for all of them")
     if cfg.eval_samples:
         test = dataclasses.replace(test, x=test.x[:cfg.eval_samples], y=test.y[:cfg.eval_samples])
     part = data.partition(train.y.cpu(), cfg.agents, cfg.partition, alpha=cfg.alpha,
