@@ -268,7 +268,8 @@ def test_a_signal_before_the_first_checkpoint_says_how_to_start_again(signum, tm
            "--batch_size=4", "--progress=false", f"--out={run}"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:  # round 0 is evaluated
+    metrics = run / "metrics.jsonl"  # created before round 0's line is appended to it: wait for the line
+    while not (metrics.exists() and metrics.read_text().endswith("\n")) and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
@@ -342,8 +343,8 @@ def test_tensorboard_scalars_at_each_evaluation_and_a_clear_error_without_it(tmp
     written = []
 
     class Writer:
-        def __init__(self, logdir):
-            written.append(("dir", logdir))
+        def __init__(self, logdir, purge_step=None):
+            written.append(("dir", logdir, purge_step))
 
         def add_scalar(self, tag, value, step):
             written.append((tag, value, step))
@@ -354,10 +355,45 @@ def test_tensorboard_scalars_at_each_evaluation_and_a_clear_error_without_it(tmp
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
     cfg = dict(agents=3, rounds=4, eval_every=2, batch_size=4, eval_samples=50, progress=False, tensorboard=True)
     sim.build(sim.Config(**cfg, out=str(tmp_path / "r"))).run(4)
-    assert written[0] == ("dir", str(tmp_path / "r" / "tensorboard"))
+    assert written[0] == ("dir", str(tmp_path / "r" / "tensorboard"), None)
     assert [step for tag, *rest in written if tag == "test_acc" for step in rest[1:]] == [0, 2, 4]
     assert written.count(("flush",)) == 3
+    # resumed from the checkpoint of round 4: what was logged after it is done again, so TensorBoard drops it
+    written.clear()
+    experiment.resume(tmp_path / "r", rounds=6).run(2)
+    assert written[0] == ("dir", str(tmp_path / "r" / "tensorboard"), 5)
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
     with pytest.raises(ConfigError, match="tensorboard=true needs the tensorboard package: pip install tensorboard"):
         sim.build(sim.Config(**cfg, out=str(tmp_path / "s")))
+
+
+def test_a_checkpoint_of_another_kind_of_device_resumes_from_fresh_streams(tmp_path, capsys):
+    # README: device may change on resume. A CUDA generator's state (16 bytes: seed and offset) cannot be loaded
+    # into a CPU generator, nor the other way round; the draws go on from streams seeded by (seed, round).
+    run = tmp_path / "r"
+    args = ["--agents=3", "--eval_every=2", "--batch_size=4", "--eval_samples=50", "--progress=false"]
+    assert main(["run", "--rounds=2", f"--out={run}", "--augment=true", "--dataset=synthetic", *args]) == 0
+    state = checkpoint.load(run)
+    state.pop("format")
+    cuda_state = torch.zeros(16, dtype=torch.uint8)  # torch.Generator("cuda").get_state()
+    state["sampler"]["generator"], state["augment_rng"] = cuda_state, cuda_state.clone()
+    checkpoint.save(state, run / checkpoint.NAME)
+    capsys.readouterr()
+    assert main(["run", f"--resume={run}", "--rounds=4", "--device=cpu"]) == 0
+    assert "taken on another kind of device than cpu: sampling and augmentation go on from fresh random streams" \
+        in capsys.readouterr().err
+    assert [r["round"] for r in _metrics(run)] == [0, 2, 4]
+    assert main(["run", f"--resume={run}", "--rounds=6"]) == 0  # a checkpoint of this device: no notice
+    assert "another kind of device" not in capsys.readouterr().err
+
+
+def test_a_rollback_in_memory_names_no_checkpoint_file(tmp_path):
+    engine = sim.build(sim.Config(agents=3, rounds=20, eval_every=2, batch_size=4, eval_samples=50, progress=False,
+                                  checkpoint_every=0, lr_schedule="multistep", milestones=[4], lr_factor=1e30,
+                                  out=str(tmp_path / "r")))
+    engine.run(2)
+    engine.load_state_dict(engine.state_dict())  # a notebook going back: no checkpoint.pt was ever written
+    with pytest.raises(Diverged, match="no checkpoint had been written"):
+        engine.run(10)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["diverged"]["checkpoint"] is None

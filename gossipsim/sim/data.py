@@ -647,7 +647,9 @@ class Sampler:
                 "cur": self._cur.to("cpu", copy=True), "nxt": self._nxt.to("cpu", copy=True),  # sample() writes in
                 "generator": self._gen.get_state()}
 
-    def load_state_dict(self, d: dict) -> None:
+    def load_state_dict(self, d: dict, fallback_seed: int = 0) -> bool:
+        """Continue the draws of a state_dict(); False if its generator's state was another kind of device's
+        (a run moved from CPU to GPU): the draws then go on from fallback_seed."""
         sizes = torch.as_tensor(d["sizes"]).numpy()
         if d["batch_size"] != self.batch_size or not np.array_equal(sizes, self._sizes):
             raise ConfigError(f"the checkpoint's sampler had batch_size {d['batch_size']} and {len(sizes)} "
@@ -657,7 +659,18 @@ class Sampler:
         self.t = int(d["t"])
         self._cur = d["cur"].to(self.device).clone()
         self._nxt = d["nxt"].to(self.device).clone()
-        self._gen.set_state(d["generator"])
+        return load_stream(self._gen, d["generator"], fallback_seed)
+
+
+def load_stream(gen: torch.Generator, state: torch.Tensor, fallback_seed: int) -> bool:
+    """Continue gen from a saved state; a state saved on another kind of device (a CPU generator's is not a CUDA
+    generator's) cannot be, and gen starts afresh from fallback_seed instead: returns whether it continued."""
+    try:
+        gen.set_state(state)
+        return True
+    except RuntimeError:
+        gen.manual_seed(fallback_seed)
+        return False
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -110,9 +111,12 @@ class Engine:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
-            self._writer = SummaryWriter(str(self.run_dir.path / "tensorboard"))
+            # resumed: the evaluations logged after the checkpoint are done again, so drop the first copies
+            purge = None if self.resume is None else int(self.resume["round"]) + 1
+            self._writer = SummaryWriter(str(self.run_dir.path / "tensorboard"), purge_step=purge)
         if self.resume is not None:
             self.load_state_dict(self.resume)
+            self.checkpoint_round = self.t if self.run_dir is not None else None  # on disk: a file to name
             self.resume = None  # the engine's state now; no need to hold a second copy
 
     def describe_partition(self) -> str:
@@ -366,8 +370,15 @@ class Engine:
         self.state = type(self.state)(**{k: None if v is None else v.to(self.device, fields[k].dtype, copy=True)
                                          for k, v in theirs.items()})
         self.buffers = d["buffers"].to(self.device, self.buffers.dtype, copy=True)
-        self.sampler.load_state_dict(d["sampler"])
-        self.augment_rng.set_state(d["augment_rng"])
+        # A run moved to another kind of device (CPU to GPU) cannot continue its data and augmentation draws:
+        # those generators' states do not carry over. They start afresh, seeded by (seed, round).
+        at = int(d["round"])
+        continued = [self.sampler.load_state_dict(d["sampler"], fallback_seed=(self.seed << 32) + at),
+                     data_mod.load_stream(self.augment_rng, d["augment_rng"], ((self.seed + 1) << 32) + at)]
+        if not all(continued):
+            print(f"gossipsim: the checkpoint of round {at} was taken on another kind of device than "
+                  f"{self.device.type}: sampling and augmentation go on from fresh random streams, so the rounds "
+                  f"from here are not those the run would have had where it started", file=sys.stderr)
         self._rng = {**_seeded_rng(self.seed + 2, self.device), **d["rng"]}  # a CPU run resumed on a GPU: seeded
         self.meter.load_state_dict(d["meter"])
         self.history = list(d["history"])
@@ -375,7 +386,7 @@ class Engine:
             self.model.backend = d["backend"]
         self.train_time, self.setup_time, self.compile_time = d["train_time"], d["setup_time"], d["compile_time"]
         self.untimed_rounds = self._untimed_counted = d.get("untimed_rounds", 0)  # older checkpoints: none recorded
-        self.t = self.checkpoint_round = int(d["round"])
+        self.t = at
         if self.run_dir is not None:
             self.run_dir.keep_metrics(len(self.history))
 
