@@ -298,6 +298,9 @@ def write_mnist(folder: Path, ext: str = ".gz", **replace: np.ndarray) -> None:
     (dict(train_images=np.zeros(6)), "train-images-idx3-ubyte.gz holds an array of shape (6,); expected 3"),
     ("cut", "cannot be read as gzip"),
     ("not gzip", "cannot be read as gzip"),
+    ("header", "train-labels-idx1-ubyte.gz is truncated: cut inside its header of 1 dimensions"),
+    ("float labels", "train-labels-idx1-ubyte.gz holds float32 values; expected integer labels"),
+    (dict(t10k_images=np.zeros((3, 32, 32))), "train images are (1, 28, 28) (C, H, W), test images (1, 32, 32)"),
 ])
 def test_broken_idx_files_are_one_line(damage, needle, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_SYSTEM_DIR", tmp_path / "nowhere")
@@ -307,6 +310,11 @@ def test_broken_idx_files_are_one_line(damage, needle, tmp_path, monkeypatch):
         labels.write_bytes(labels.read_bytes()[:-9])
     elif damage == "not gzip":
         labels.write_bytes(b"hello, not gzip")
+    elif damage == "header":  # cut inside the dimensions
+        labels.write_bytes(gzip.compress(bytes([0, 0, 0x08, 1, 0, 0])))
+    elif damage == "float labels":
+        labels.write_bytes(gzip.compress(bytes([0, 0, 0x0D, 1]) + struct.pack(">I", 6)
+                                         + np.arange(6, dtype=">f4").tobytes()))
     with pytest.raises(ConfigError) as e:
         data.load("mnist", data_dir=tmp_path)
     msg = one_line(e)
@@ -316,12 +324,21 @@ def test_broken_idx_files_are_one_line(damage, needle, tmp_path, monkeypatch):
         assert needle in msg, msg
 
 
+class _Corrupt:
+    """Pickles to a call that raises LookupError on loading: a corrupt pickle can raise almost anything."""
+
+    def __reduce__(self):
+        import codecs
+        return codecs.decode, (b"x", "no-such-encoding")
+
+
 @pytest.mark.parametrize("damage, needle", [
     ("cut", "data_batch_3 is not a readable pickle"),
     ("list", "data_batch_3 is not a CIFAR pickle with 'data' and 'labels'"),
     ("labels", "data_batch_3: data of shape (2, 3072) (uint8) and (3,) labels"),
     ("width", "data_batch_3: data of shape (2, 3000)"),
     ("missing", "cifar-10-batches-py lacks test_batch"),
+    ("lookup", "data_batch_3 is not a readable pickle (LookupError)"),
 ])
 def test_broken_cifar_files_are_one_line(damage, needle, tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
@@ -330,7 +347,7 @@ def test_broken_cifar_files_are_one_line(damage, needle, tmp_path):
         bad = damage if name == "data_batch_3" else None
         d = {b"data": np.zeros((2, 3000 if bad == "width" else 3072), np.uint8),
              b"labels": [1, 2, 3] if bad == "labels" else [1, 2]}
-        raw = pickle.dumps([d] if bad == "list" else d)
+        raw = pickle.dumps(_Corrupt() if bad == "lookup" else [d] if bad == "list" else d)
         if not (damage == "missing" and name == "test_batch"):
             (folder / name).write_bytes(raw[:len(raw) // 2] if bad == "cut" else raw)
     with pytest.raises(ConfigError) as e:
@@ -375,6 +392,23 @@ def test_imagefolder_decodes_once_then_hits_the_cache(tmp_path, monkeypatch):
     assert torch.equal(again.x, train.x) and torch.equal(again_test.y, test.y)
     with pytest.raises(AssertionError):  # another size is another cache
         data.load("imagefolder", data_dir=tmp_path, image_size=8)
+
+
+def test_an_imagefolder_test_split_is_shuffled_once_so_its_first_images_span_the_classes(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(5):
+            (tmp_path / split / f"c{c}").mkdir(parents=True)
+            for k in range(4):
+                Image.new("RGB", (8, 8), (50 * c, 0, 0)).save(tmp_path / split / f"c{c}" / f"{k}.png")
+    train, test = data.load("imagefolder", data_dir=tmp_path, image_size=8)
+    assert train.y.tolist() == sorted(train.y.tolist())  # the train split keeps the folders' order
+    assert sorted(test.y.tolist()) == [c for c in range(5) for _ in range(4)]
+    assert len(set(test.y[:8].tolist())) >= 3  # eval_samples=8 would have scored classes 0 and 1 only
+    assert torch.equal(test.x[:, 0, 0, 0], (50 * test.y).to(torch.uint8))  # images moved with their labels
+    _, again = data.load("imagefolder", data_dir=tmp_path, image_size=8)  # from the cache: the same order
+    assert torch.equal(again.y, test.y)
 
 
 def test_imagefolder_size_from_the_command_line(tmp_path, capsys):

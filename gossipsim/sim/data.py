@@ -123,6 +123,9 @@ def load(name: str, data_dir: str | os.PathLike | None = None, device: str | tor
         train, test = _load_imagefolder(data_dir, **kw)
     for split, d in (("train", train), ("test", test)):
         _check(d, split)
+    if train.shape != test.shape:  # the model is built for the train images: it would fail at the first evaluation
+        raise ConfigError(f"{train.name} in {train.source}: train images are {train.shape} (C, H, W), test images "
+                          f"{test.shape}; the two splits must have the same image size")
     return train.to(device), test.to(device)
 
 
@@ -218,6 +221,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ConfigError(f"{path} is not an idx file (header {bytes(data[:4]).hex()}); "
                           "expected the MNIST idx format")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ConfigError(f"{path} is truncated: cut inside its header of {ndim} dimensions")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     count = math.prod(dims)
@@ -258,6 +263,10 @@ def _load_idx(key: str, data_dir: str | os.PathLike | None) -> tuple[Dataset, Da
         if a.dim() != ndim:
             raise ConfigError(f"{f} holds an array of shape {tuple(a.shape)}; expected {ndim} dimensions "
                               f"({'images S x H x W' if ndim == 3 else 'labels S'})")
+        # images are pixels 0..255 (float ones in [0, 1] would be divided by 255 again); labels are class codes
+        if (a.dtype != torch.uint8) if ndim == 3 else a.is_floating_point():
+            raise ConfigError(f"{f} holds {str(a.dtype).removeprefix('torch.')} values; expected "
+                              f"{'uint8 pixels' if ndim == 3 else 'integer labels'}, as the MNIST idx files have")
     mean, std = STATS[key]
     if len(xtr) == 60000:
         # MNIST and Fashion-MNIST share file names: catch one standing in for the other.
@@ -286,7 +295,7 @@ def read_cifar(files: list[Path], label_key: str) -> tuple[torch.Tensor, torch.T
         try:
             with open(path, "rb") as f:
                 d = pickle.load(f, encoding="bytes")  # the official format; only open files you trust
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
+        except Exception as e:  # a corrupt pickle raises almost anything (LookupError, OverflowError, ...)
             raise ConfigError(f"{path} is not a readable pickle ({type(e).__name__}): cut short or another "
                               f"file; extract the CIFAR 'python version' archive again") from None
         if isinstance(d, dict):
@@ -435,8 +444,11 @@ def _load_imagefolder(data_dir: str | os.PathLike | None, image_size: int = 64,
 
 def _imagefolder_sets(d: dict, root: Path) -> tuple[Dataset, Dataset]:
     k, mean, std = len(d["classes"]), tuple(d["mean"]), tuple(d["std"])
+    # The folders list the test images class by class; in a fixed shuffled order, the first eval_samples of them
+    # span the classes (as in the idx and CIFAR test sets) instead of being the first classes only.
+    order = torch.randperm(len(d["test_y"]), generator=torch.Generator().manual_seed(0))
     return (Dataset("imagefolder", d["train_x"], d["train_y"], k, mean, std, str(root)),
-            Dataset("imagefolder", d["test_x"], d["test_y"], k, mean, std, str(root)))
+            Dataset("imagefolder", d["test_x"][order], d["test_y"][order], k, mean, std, str(root)))
 
 
 # --------------------------------------------------------------------------------------------------
