@@ -24,6 +24,21 @@ def bn_cnn() -> nn.Module:
                          nn.Linear(3 * 4 * 4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, CLASSES))
 
 
+class MaskedPermutedMLP(nn.Module):
+    """Integer and bool buffers that are not BatchNorm's: a fixed pixel permutation and a pruning mask."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(7)  # the same constants in every module built
+        self.register_buffer("perm", torch.randperm(36, generator=g))
+        self.register_buffer("mask", torch.rand(12, 36, generator=g) < 0.5)
+        self.fc1, self.fc2 = nn.Linear(36, 12), nn.Linear(12, CLASSES)
+
+    def forward(self, x):
+        h = torch.tanh(nn.functional.linear(x.flatten(1)[:, self.perm], self.fc1.weight * self.mask, self.fc1.bias))
+        return self.fc2(h)
+
+
 def irregular_W() -> torch.Tensor:
     """Metropolis weights of a small irregular graph (a path with a chord), so per-edge weights differ."""
     import networkx as nx
@@ -70,7 +85,7 @@ def run_both(factory, algorithm, W, backend, seed, bn="local", rounds=ROUNDS, sa
 
 @pytest.mark.parametrize("backend", ["vmap", "loop", "chunked"])
 @pytest.mark.parametrize("algorithm", ["dsgd", "dpsgd"])
-@pytest.mark.parametrize("factory", [mlp, bn_cnn], ids=["mlp", "bn_cnn"])
+@pytest.mark.parametrize("factory", [mlp, bn_cnn, MaskedPermutedMLP], ids=["mlp", "bn_cnn", "int_buffers"])
 def test_matches_naive_simulator(factory, algorithm, backend, fresh_seed):
     state, buffers, naive = run_both(factory, algorithm, irregular_W(), backend, fresh_seed,
                                      lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)

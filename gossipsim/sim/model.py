@@ -8,8 +8,10 @@ rows returns the (N, P) gradient with no copying or reshaping afterwards.
 BatchNorm running statistics (every floating-point buffer) are engine state, an (N, Pbuf) tensor. The
 per-agent function clones its buffers (each tensor separately: under vmap an in-place update to a view of
 one flat clone would be lost), lets BatchNorm update them in place, and returns them through `has_aux`.
-Integer buffers (BatchNorm's num_batches_tracked) are scratch, created inside the function: nothing may be
-mutated that the grad transform has captured, and they only matter for momentum=None, which is refused.
+BatchNorm's integer num_batches_tracked is scratch, created inside the function: nothing may be mutated that
+the grad transform has captured, and it only matters for momentum=None, which is refused. Any other integer or
+bool buffer (a fixed mask, a pixel permutation) is a constant, the same for every agent: its value is taken
+from the module `init` builds.
 
 Backends, all numerically the same function of the same rows:
   vmap     one vmapped call over all N agents (default on CUDA);
@@ -85,7 +87,10 @@ class StackedModel:
         self.buffer_names = [k for k, _ in buffers]
         self.buffer_shapes = [b.shape for _, b in buffers]
         self.buffer_sizes = [b.numel() for _, b in buffers]
-        self.scratch_names = [k for k, b in self.template.named_buffers() if not b.is_floating_point()]
+        whole = [k for k, b in self.template.named_buffers() if not b.is_floating_point()]
+        self.scratch_names = [k for k in whole if k.rsplit(".", 1)[-1] == "num_batches_tracked"]
+        self.constant_names = [k for k in whole if k not in self.scratch_names]
+        self.constants: dict[str, torch.Tensor] | None = None if self.constant_names else {}  # set by init
         self.P, self.Pbuf = sum(self.param_sizes), sum(self.buffer_sizes)
         self._vgrad = vmap(grad_and_value(self._loss_one, has_aux=True), randomness="different")
         self._vforward = vmap(self._forward_one, in_dims=(0, 0, None), randomness="different")
@@ -104,6 +109,8 @@ class StackedModel:
                 b = dict(module.named_buffers())
                 rows.append(_flat([p[k] for k in self.param_names], dtype))
                 bufs.append(_flat([b[k] for k in self.buffer_names], dtype))
+                if len(rows) == 1:  # the constants of the first agent's module are everyone's
+                    self.constants = {k: b[k].detach().to(device, copy=True) for k in self.constant_names}
         x0, b0 = torch.stack(rows), torch.stack(bufs)  # (1 or N, P), (1 or N, Pbuf)
         return (x0.expand(self.n, -1).contiguous().to(device), b0.expand(self.n, -1).contiguous().to(device))
 
@@ -122,6 +129,10 @@ class StackedModel:
         bufs = [t.view(s).clone() for t, s in zip(torch.split(buf, self.buffer_sizes), self.buffer_shapes)]
         state = dict(zip(self.buffer_names, bufs))
         state.update({k: torch.zeros((), dtype=torch.long, device=x.device) for k in self.scratch_names})
+        if self.constants is None:
+            raise ConfigError(f"the model's integer buffers {', '.join(self.constant_names)} take their values "
+                              f"from StackedModel.init(): call it first")
+        state.update(self.constants)
         return params, state, bufs
 
     def _loss_one(self, x, buf, xb, yb):
