@@ -93,7 +93,7 @@ def test_quickstart_at_tiny_size(tmp_path):
 
 def test_config_conversions_and_errors():
     cfg = sim.Config.from_dict({"agents": "8", "nesterov": "true", "momentum": "0.9", "milestones": "10,20",
-                                "data_dir": "none"})
+                                "lr_schedule": "multistep", "data_dir": "none"})
     assert cfg.agents == 8 and cfg.nesterov is True and cfg.milestones == [10, 20] and cfg.data_dir is None
     for bad in ({"agents": 2.5}, {"nesterov": "maybe"}, {"lr": True}, {"dataset": 3}):
         with pytest.raises(ConfigError):
@@ -104,7 +104,15 @@ def test_config_conversions_and_errors():
                         ({"milestones": [1.5, 3]}, r"milestones must be a list of integers .* got \[1.5, 3\]"),
                         ({"batch_size": 10**20}, r"batch_size must be an integer < 2\^31, got 1000"),
                         ({"warmup": "99999999999999999999"}, r"warmup must be an integer < 2\^31"),
-                        ({"algorithm": "al_dsgd", "every": 2**40}, r"every must be an integer < 2\^31")]:
+                        ({"algorithm": "al_dsgd", "every": 2**40}, r"every must be an integer < 2\^31"),
+                        # keys that would go unused: a constant lr with milestones is a decay that never happens
+                        ({"milestones": [500, 750]}, r"milestones=\[500, 750\] is for lr_schedule=multistep, and "
+                                                     r"this run has lr_schedule=constant: it would go unused"),
+                        ({"lr_factor": 0.5, "lr_schedule": "cosine"}, "lr_factor=0.5 is for lr_schedule=multistep"),
+                        ({"alpha": 0.1}, "alpha=0.1 is for partition=dirichlet, and this run has partition=iid"),
+                        ({"shards_per_agent": 3, "partition": "dirichlet"}, "shards_per_agent=3 is for partition="
+                                                                            "shards"),
+                        ({"chunk_size": 4, "backend": "vmap"}, "chunk_size=4 is for backend=chunked or auto")]:
         with pytest.raises(ConfigError, match=needle):
             sim.Config.from_dict(bad)
     # built from Python, the same conversions: "false" is False, not a truthy string

@@ -109,6 +109,8 @@ def test_groups_over_seeds_and_their_bands(tmp_path, sweep_file):
     ("[grid]\ndata_dir = ['/tmp/a/b', '/tmp/a_b']\n", "two grid points share the run directory name "
                                                       "'data_dir=tmp_a_b'"),
     ("[grid]\ntopology = ['circulant:1,2', 'circulant:1;2']\n", "'topology=circulant_1_2' (its characters"),
+    ("milestones = [5]\n[grid]\nlr_schedule = ['constant', 'cosine']\n", "milestones is for lr_schedule=multistep, "
+                                                                        "which none of its runs has"),
 ])
 def test_bad_sweep_files_exit_2_before_anything_runs(text, needle, tmp_path, capsys):
     path = tmp_path / "bad.toml"
@@ -241,3 +243,21 @@ def test_the_csv_says_which_runs_stopped_early(tmp_path):
     engine.run(2)
     rows = results.tidy([results.load_run(tmp_path / "short")], ["algorithm"])
     assert [r["finished"] for r in rows] == [True] * 3
+
+
+def test_a_key_goes_only_to_the_points_it_applies_to(tmp_path):
+    # alpha means something for dirichlet partitions only: the iid runs take none, and run once per seed
+    path = tmp_path / "grid.toml"
+    path.write_text(f"out = '{tmp_path / 's'}'\nmilestones = [3]\n[grid]\npartition = ['iid', 'dirichlet']\n"
+                    f"alpha = [0.1, 1.0]\nlr_schedule = ['constant', 'multistep']\n")
+    _, _, points = sweep.load(path)
+    names = sorted(p.name for p in points)
+    assert names == ["partition=dirichlet,alpha=0.1,lr_schedule=constant",
+                     "partition=dirichlet,alpha=0.1,lr_schedule=multistep",
+                     "partition=dirichlet,alpha=1.0,lr_schedule=constant",
+                     "partition=dirichlet,alpha=1.0,lr_schedule=multistep",
+                     "partition=iid,lr_schedule=constant", "partition=iid,lr_schedule=multistep"]
+    for p in points:
+        cfg = sim.Config.from_dict(p.values)
+        assert ("milestones" in p.values) == (cfg.lr_schedule == "multistep") and ("alpha" in p.values) == (
+            cfg.partition == "dirichlet")

@@ -31,6 +31,25 @@ COMPILE = ("off", "oracle", "round", "graph")
 # (compressor=none: identity sends uncompressed), not "unset, take the default" as for the other nullable keys.
 NONE_IS_A_WORD = ("norm", "compressor")
 ALGORITHM_KEYS = ("compressor", "gamma", "beta", "eps", "rescale", "c1", "c2", "p1", "p2", "every", "variant", "mu")
+# Keys that mean something only for some values of another key. Set under another value they would go unused
+# (milestones = [500, 750] without lr_schedule = "multistep" trains at a constant lr): refused; a sweep gives them
+# only to the points they apply to, as it does an algorithm's own keys.
+CONDITIONAL_KEYS = {"milestones": ("lr_schedule", ("multistep",)), "lr_factor": ("lr_schedule", ("multistep",)),
+                    "alpha": ("partition", ("dirichlet",)), "shards_per_agent": ("partition", ("shards",)),
+                    "chunk_size": ("backend", ("chunked", "auto"))}
+
+
+def applies(key: str, values: dict[str, Any]) -> bool:
+    """Whether a key means something in a run of these values (a key outside CONDITIONAL_KEYS always does)."""
+    if key not in CONDITIONAL_KEYS:
+        return True
+    on, accepted = CONDITIONAL_KEYS[key]
+    return values.get(on, _default(on)) in accepted
+
+
+def _default(name: str) -> Any:
+    f = Config.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def key(default: Any, help: str) -> Any:
@@ -170,6 +189,11 @@ class Config:
                               f"{self.graph_seed}")
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
             raise ConfigError(f"milestones must be increasing rounds >= 1, got {self.milestones}")
+        for key, (on, accepted) in CONDITIONAL_KEYS.items():
+            if getattr(self, key) != _default(key) and not applies(key, dataclasses.asdict(self)):
+                raise ConfigError(f"{key}={getattr(self, key)!r} is for {on}={' or '.join(accepted)}, and this run "
+                                  f"has {on}={getattr(self, on)}: it would go unused; set {on}={accepted[0]} or leave "
+                                  f"{key} out")
         if self.compress_per != "model" and "compressor" not in algorithms.hyperparameters(self.algorithm):
             raise ConfigError(f"compress_per={self.compress_per} is for algorithms that compress, "
                               f"and {self.algorithm} sends uncompressed models")

@@ -14,8 +14,9 @@
 
 An algorithm's own hyperparameters (compressor, gamma, ...) go only to the algorithms that take them: above,
 dsgd runs once per seed, choco once per compressor and seed. So do the entries of hyper, a registered
-algorithm's own (`hyper.mix = [0.3, 0.5]` in [grid], `hyper.mix = 0.3` in its table). Every point is validated
-before the first runs.
+algorithm's own (`hyper.mix = [0.3, 0.5]` in [grid], `hyper.mix = 0.3` in its table), and the keys that belong
+to one value of another (config.CONDITIONAL_KEYS: alpha only to the dirichlet partition's runs). Every point is
+validated before the first runs.
 Run again, the sweep skips finished runs, resumes interrupted ones from their checkpoint, and rewrites
 results.csv (a row per run per evaluation) after each run.
 """
@@ -33,7 +34,7 @@ from typing import Any
 
 from ..errors import ConfigError, Diverged
 from . import algorithms, checkpoint, results
-from .config import ALGORITHM_KEYS, Config, read_toml
+from .config import ALGORITHM_KEYS, CONDITIONAL_KEYS, Config, applies, read_toml
 from .experiment import build, changed_settings, hyperparameters, resume
 
 
@@ -98,6 +99,7 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
         values.update(per_algorithm.get(algorithm, {}))
         if algorithm in algorithms.names():  # else Config names the bad algorithm below
             values = {k: v for k, v in values.items() if _takes(algorithm, k)}
+        values = {k: v for k, v in values.items() if applies(k, values)}  # alpha only where partition is dirichlet
         name = ",".join(f"{k}={_safe(values[k])}" for k in keys if k in values)
         try:
             Config.from_dict(values)
@@ -113,6 +115,11 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
         seen[name] = point
         values["out"] = str(out / name)
         points.append(Point(name, values))
+    for key in [*grid, *data]:  # dropped from every point: a mistake, as a key none of the algorithms takes
+        if key in CONDITIONAL_KEYS and not any(key in p.values for p in points):
+            on, accepted = CONDITIONAL_KEYS[key]
+            raise ConfigError(f"sweep file {str(path)!r}: {key} is for {on}={' or '.join(accepted)}, which none of "
+                              f"its runs has")
     return out, keys, points
 
 
