@@ -94,3 +94,37 @@ def test_a_run_that_fits_only_in_chunks_trains_in_chunks(monkeypatch, tmp_path):
     assert (engine.model.backend, engine.model.chunk_size) == ("chunked", 3)
     rows = engine.run(2)
     assert torch.isfinite(torch.tensor(rows[-1]["train_loss"]))
+
+
+def test_an_evaluation_forwards_no_more_samples_a_call_than_fit_in_a_rounds_memory(fresh_seed):
+    def cnn():
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+
+    largest = 4 * 8 * 8 * 4  # bytes of the conv's (and ReLU's) output for one float32 sample
+    for n, backend, batch, dtype in ((4, "loop", 2, torch.float32), (64, "vmap", 16, torch.float64),
+                                     (1024, "vmap", 64, torch.float32)):
+        model = StackedModel(cnn, n, backend=backend)
+        est = memory.estimate(model, algorithms.make("dsgd", lr=0.1), batch, (1, 8, 8), dtype)
+        width = torch.empty((), dtype=dtype).element_size()
+        budget = max(est.total - est.parts["state"], 64 * 2**20)  # what a round holds besides the state
+        per_sample = 24 * largest * width // 4
+        assert est.eval_samples == min(memory.EVAL_SAMPLES_PER_CALL, budget // per_sample), (n, backend)
+    # the number of samples a call changes how the test set is cut, not what is measured
+    model = StackedModel(cnn, 5, backend="vmap")
+    x, buf = model.init(fresh_seed, same_init=False, dtype=torch.float64)
+    xs = torch.randn(1234, 1, 8, 8, dtype=torch.float64)
+    ys = torch.randint(0, 3, (1234,))
+    whole = model.evaluate(x, buf, lambda s, e: xs[s:e], ys)
+    for per_call in (1, 7, 600, 2500):
+        loss, acc = model.evaluate(x, buf, lambda s, e: xs[s:e], ys, per_call)
+        torch.testing.assert_close(loss, whole[0], rtol=1e-12, atol=0, msg=f"seed {fresh_seed}, {per_call}")
+        assert torch.equal(acc, whole[1]), (fresh_seed, per_call)
+    # test_loss is the model's own loss (train_loss is), not always cross-entropy
+    smooth = StackedModel(cnn, 5, backend="vmap",
+                          loss_fn=lambda out, y: nn.functional.cross_entropy(out, y, label_smoothing=0.2))
+    loss, _ = smooth.evaluate(x, buf, lambda s, e: xs[s:e], ys, 600)
+    for i in range(5):
+        params = smooth.unflatten(x[i])
+        out = torch.func.functional_call(smooth.template, params, (xs,))
+        torch.testing.assert_close(loss[i], nn.functional.cross_entropy(out, ys, label_smoothing=0.2),
+                                   rtol=1e-12, atol=0)

@@ -25,6 +25,7 @@ from ..errors import ConfigError, Diverged
 from ..graphs import Topology
 from . import checkpoint as ckpt
 from . import data as data_mod
+from . import memory
 from .algorithms import Algorithm, Round
 from .config import plain_items
 from .graphed import GraphedRound
@@ -282,8 +283,10 @@ class Engine:
         def inputs(s: int, e: int) -> torch.Tensor:
             return test.normalize(test.x[s:e], self.dtype)
 
+        # as many samples a call as fit in the memory a round uses (the preflight's estimate)
+        per_call = self.memory.eval_samples if self.memory is not None else memory.EVAL_SAMPLES_PER_CALL
         avg_loss, avg_acc = self.model.evaluate(x.mean(0, keepdim=True), self.buffers.mean(0, keepdim=True),
-                                                inputs, test.y)
+                                                inputs, test.y, per_call)
         window_rounds = self.meter.rounds
         timed_rounds = window_rounds - (self.untimed_rounds - self._untimed_counted)
         self._untimed_counted = self.untimed_rounds
@@ -301,7 +304,7 @@ class Engine:
             "bits_max_agent": float(self.meter.bits.max()),
         }
         if self.eval_agents:
-            _, acc = self.model.evaluate(x, self.buffers, inputs, test.y)
+            _, acc = self.model.evaluate(x, self.buffers, inputs, test.y, per_call)
             row.update(agent_acc_mean=float(acc.mean()), agent_acc_min=float(acc.min()),
                        agent_acc_max=float(acc.max()))
         row.update({k: float(v.mean()) for k, v in extra.items()})  # an algorithm's own: over agents and rounds

@@ -18,12 +18,18 @@ from .model import StackedModel
 GIB = 2**30
 
 
+# The most samples (agents x test samples) one evaluation call forwards: larger calls are no faster
+EVAL_SAMPLES_PER_CALL = 4000
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """Bytes a run holds at its peak, by what holds them; `note` says what the preflight changed."""
+    """Bytes a run holds at its peak, by what holds them; `note` says what the preflight changed;
+    `eval_samples` is how many samples an evaluation call may forward within that peak."""
 
     parts: dict[str, int]
     note: str = ""
+    eval_samples: int = EVAL_SAMPLES_PER_CALL
 
     @property
     def total(self) -> int:
@@ -47,14 +53,13 @@ def _tensors(obj) -> list[torch.Tensor]:
     return []
 
 
-def activation_bytes(template: nn.Module, input_shape: Sequence[int]) -> int:
-    """Bytes of every leaf module's float32 output for one forward pass of `template` (a meta module) on
-    an input of `input_shape`: what autograd keeps for the backward pass, to a first approximation."""
-    total = 0
+def leaf_output_bytes(template: nn.Module, input_shape: Sequence[int]) -> list[int]:
+    """Bytes of each leaf module's float32 output, in call order, for one forward pass of `template` (a meta
+    module) on an input of `input_shape`."""
+    sizes = []
 
     def count(module, inputs, output):
-        nonlocal total
-        total += sum(t.numel() * 4 for t in _tensors(output))
+        sizes.append(sum(t.numel() * 4 for t in _tensors(output)))
 
     leaves = [m for m in template.modules() if not list(m.children())]
     handles = [m.register_forward_hook(count) for m in leaves]
@@ -63,7 +68,13 @@ def activation_bytes(template: nn.Module, input_shape: Sequence[int]) -> int:
     finally:
         for h in handles:
             h.remove()
-    return total
+    return sizes
+
+
+def activation_bytes(template: nn.Module, input_shape: Sequence[int]) -> int:
+    """Bytes of every leaf module's float32 output for one forward pass: what autograd keeps for the backward
+    pass, to a first approximation."""
+    return sum(leaf_output_bytes(template, input_shape))
 
 
 def estimate(model: StackedModel, algorithm: Algorithm, batch_size: int, sample_shape: Sequence[int],
@@ -77,12 +88,20 @@ def estimate(model: StackedModel, algorithm: Algorithm, batch_size: int, sample_
     state = init_on_meta(algorithm, n, p, dtype)
     at_once = {"loop": 1, "chunked": min(n, model.chunk_size)}.get(model.backend, n)  # vmap, and auto's worst
     per_agent = activation_bytes(model.template, (batch_size, *sample_shape)) * width // 4
-    return Estimate({
+    parts = {
         "state": sum(t.numel() * t.element_size() for t in _tensors(state)) + n * model.Pbuf * width,
         "gradients": n * p * width,
         "step temporaries": 2 * n * p * width,
         "activations": 2 * at_once * per_agent,
-    })
+    }
+    # An evaluation runs between rounds, in the memory the round's gradients, temporaries and activations
+    # held. A forward without autograd holds per sample up to about 20 times its largest layer output at its
+    # peak (3 to 19 times measured on a CPU: the layer's input and output, a convolution's workspace, vmapped
+    # normalization's temporaries); 64 MiB's worth is allowed whatever the round's size, so that small models
+    # still evaluate in large calls.
+    per_sample = 24 * max(leaf_output_bytes(model.template, (1, *sample_shape)), default=1) * width // 4
+    budget = max(parts["gradients"] + parts["step temporaries"] + parts["activations"], 64 * 2**20)
+    return Estimate(parts, eval_samples=int(max(1, min(EVAL_SAMPLES_PER_CALL, budget // max(per_sample, 1)))))
 
 
 def available(device: torch.device) -> int | None:

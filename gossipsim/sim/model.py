@@ -233,17 +233,18 @@ class StackedModel:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, buf: torch.Tensor, inputs: Callable[[int, int], torch.Tensor],
-                 labels: torch.Tensor, batch_size: int = 500, agents_per_call: int | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 labels: torch.Tensor, samples_per_call: int = 4000) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean test loss (N,) and accuracy (N,) of every row of x on a whole labelled set.
 
-        inputs(s, e) returns the normalized samples s..e (e - s, C, H, W); labels (S,). Agents are
-        evaluated in chunks so activations stay bounded (loop backend: one agent at a time).
+        inputs(s, e) returns the normalized samples s..e (e - s, C, H, W); labels (S,). Each call forwards at
+        most samples_per_call samples (agents x test samples), so that activations stay bounded: test batches
+        of up to 500, and as many agents at a time as fit (loop backend: one).
         """
         self.template.eval()
         n, total = x.shape[0], labels.shape[0]
         backend = self.backend if self.backend != "auto" else ("vmap" if x.is_cuda else "loop")
-        chunk = 1 if backend == "loop" else (agents_per_call or max(1, 4096 // batch_size))
+        batch_size = max(1, min(500, samples_per_call))
+        chunk = 1 if backend == "loop" else max(1, samples_per_call // batch_size)
         loss_sum = torch.zeros(n, dtype=torch.float64, device=x.device)
         correct = torch.zeros(n, dtype=torch.float64, device=x.device)
         for s in range(0, total, batch_size):
@@ -253,8 +254,8 @@ class StackedModel:
                     out = self._forward_one(x[a], buf[a], xb)[None]  # (1, b, K)
                 else:
                     out = self._vforward(x[a:a + chunk], buf[a:a + chunk], xb)  # (chunk, b, K)
-                loss_sum[a:a + chunk] += F.cross_entropy(out.flatten(0, 1), yb.repeat(out.shape[0]),
-                                                         reduction="none").view(out.shape[:2]).sum(1)
+                # the training loss (a mean over the batch, whatever loss_fn is) weighted by the batch's size
+                loss_sum[a:a + chunk] += torch.stack([self.loss_fn(o, yb) for o in out]).double() * len(yb)
                 correct[a:a + chunk] += (out.argmax(-1) == yb).sum(1)
         self.template.train()
         return loss_sum / total, correct / total
