@@ -25,12 +25,11 @@ from ..errors import ConfigError, Diverged
 from ..graphs import Topology
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import memory
 from .algorithms import Algorithm, Round
 from .config import plain_items
 from .graphed import GraphedRound
 from .metrics import Meter, RunDir, consensus_distance
-from .model import StackedModel
+from .model import EVAL_SAMPLES_PER_CALL, StackedModel
 
 
 @dataclass
@@ -284,7 +283,7 @@ class Engine:
             return test.normalize(test.x[s:e], self.dtype)
 
         # as many samples a call as fit in the memory a round uses (the preflight's estimate)
-        per_call = self.memory.eval_samples if self.memory is not None else memory.EVAL_SAMPLES_PER_CALL
+        per_call = self.memory.eval_samples if self.memory is not None else EVAL_SAMPLES_PER_CALL
         avg_loss, avg_acc = self.model.evaluate(x.mean(0, keepdim=True), self.buffers.mean(0, keepdim=True),
                                                 inputs, test.y, per_call)
         window_rounds = self.meter.rounds
@@ -376,8 +375,8 @@ class Engine:
         # A run moved to another kind of device (CPU to GPU) cannot continue its data and augmentation draws:
         # those generators' states do not carry over. They start afresh, seeded by (seed, round).
         at = int(d["round"])
-        continued = [self.sampler.load_state_dict(d["sampler"], fallback_seed=(self.seed << 32) + at),
-                     data_mod.load_stream(self.augment_rng, d["augment_rng"], ((self.seed + 1) << 32) + at)]
+        continued = [self.sampler.load_state_dict(d["sampler"], fallback_seed=_moved_seed(self.seed, at)),
+                     data_mod.load_stream(self.augment_rng, d["augment_rng"], _moved_seed(self.seed + 1, at))]
         if not all(continued):
             print(f"gossipsim: the checkpoint of round {at} was taken on another kind of device than "
                   f"{self.device.type}: sampling and augmentation go on from fresh random streams, so the rounds "
@@ -441,6 +440,11 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _moved_seed(seed: int, at: int) -> int:
+    """A seed of its own for a stream that a run moved to another kind of device at round `at` starts afresh."""
+    return ((seed << 32) + at) % 2**64
 
 
 def _seeded_rng(seed: int, device: torch.device) -> dict[str, torch.Tensor]:

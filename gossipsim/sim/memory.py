@@ -13,13 +13,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from .algorithms.base import Algorithm, init_on_meta
-from .model import StackedModel
+from .model import EVAL_SAMPLES_PER_CALL, StackedModel
 
 GIB = 2**30
-
-
-# The most samples (agents x test samples) one evaluation call forwards: larger calls are no faster
-EVAL_SAMPLES_PER_CALL = 4000
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,6 +40,10 @@ BN_MODES = ("local", "gossip")
 _AUTO_CHOICES: dict[tuple, tuple[str, dict[str, float]]] = {}  # what backend="auto" measured, per shape
 
 
+# The most samples (agents x test samples) one evaluation call forwards: larger calls are no faster
+EVAL_SAMPLES_PER_CALL = 4000
+
+
 def _batchnorm_in_float32(module: nn.Module, args: tuple) -> tuple:
     x = args[0]
     return (x.float(), *args[1:]) if x.dtype in (torch.bfloat16, torch.float16) else args
@@ -233,7 +237,8 @@ class StackedModel:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, buf: torch.Tensor, inputs: Callable[[int, int], torch.Tensor],
-                 labels: torch.Tensor, samples_per_call: int = 4000) -> tuple[torch.Tensor, torch.Tensor]:
+                 labels: torch.Tensor, samples_per_call: int = EVAL_SAMPLES_PER_CALL
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean test loss (N,) and accuracy (N,) of every row of x on a whole labelled set.
 
         inputs(s, e) returns the normalized samples s..e (e - s, C, H, W); labels (S,). Each call forwards at
