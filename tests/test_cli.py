@@ -98,6 +98,7 @@ def test_config_conversions_and_errors():
     for bad in ({"agents": 2.5}, {"nesterov": "maybe"}, {"lr": True}, {"dataset": 3}):
         with pytest.raises(ConfigError):
             sim.Config.from_dict(bad)
+    assert sim.Config(algorithm="matcha", topology="ring+matcha").topology == "ring+matcha"  # budget's default
     # "none" is a norm (no normalization layers), not "unset" (which gave the model's BatchNorm)
     assert sim.Config.from_dict({"model": "resnet20", "norm": "none"}).norm == "none"
     for bad, needle in [({"algorithm": "choco", "compressor": "none"}, "unknown compressor 'none'; accepted: identity"),

@@ -68,6 +68,32 @@ def test_link_failures_and_rotation_schedules():
         graphs.link_failures(base, 1.0)
 
 
+def test_copies_and_failures_of_a_directed_or_reweighted_base():
+    star = graphs.star(6, weights="laplacian")  # negative hub weight: not what metropolis would give
+    copy = graphs.relabelled(star, 1)
+    assert graphs.spectral_gap(copy.mixing(0).dense()) == pytest.approx(float(graphs.spectral_gap(
+        star.mixing(0).dense())), abs=1e-12)  # the same weights, relabelled
+    # a directed base (doubly stochastic, not symmetric): a relabelled copy stays doubly stochastic
+    directed = graphs.from_matrix(graphs.one_peer_exponential(6).mixing(0).dense())
+    W = graphs.relabelled(directed, 3).mixing(0).dense()
+    for axis in (0, 1):
+        torch.testing.assert_close(W.sum(axis), torch.ones(6, dtype=torch.float64))
+    # failures of a directed base's links: every link, taken either way, is a link (p = 0 keeps them all)
+    cyc = graphs.from_matrix((torch.eye(5, dtype=torch.float64) + torch.roll(torch.eye(5, dtype=torch.float64),
+                                                                            1, 0)) / 2)
+    kept = graphs.link_failures(cyc, 0.0).mixing(0).dense()
+    torch.testing.assert_close(kept, graphs.ring(5).mixing(0).dense())
+    m = graphs.matcha(cyc, budget=1.0)  # the matchings of its undirected links
+    assert sorted(e for mt in m.matchings for e in mt) == [(0, 1), (0, 4), (1, 2), (2, 3), (3, 4)]
+
+
+def test_a_schedule_that_never_repeats_is_refused_by_the_measures_of_periodic_ones():
+    warm = graphs.rotating([graphs.ring(8), graphs.torus(2, 4)], schedule=lambda t: 0 if t < 3 else 1)
+    with pytest.raises(ConfigError, match="does not repeat within 1000 rounds from round 0"):
+        graphs.rho_per_round(warm)
+    assert warm.mixing(5).n == 8  # it still runs
+
+
 def _mean_square_deviation(x0, rounds, streams, reseed):
     total = 0.0
     for r in range(streams):
@@ -154,7 +180,8 @@ def test_failed_links_keep_every_round_averaging_and_their_weights_valid():
 def test_rho_per_round(fresh_seed):
     ring = graphs.ring(10)
     assert graphs.rho_per_round(ring) == pytest.approx(float(graphs.rho(ring.mixing(0).dense())), abs=1e-12)
-    assert graphs.rho_per_round(graphs.one_peer_exponential(16)) < 1e-12  # exact average within a period
+    assert graphs.rho_per_round(graphs.one_peer_exponential(16)) == 0  # exact average within a period
+    assert graphs.rho_per_round(graphs.parse("complete+rotate", 9)) == 0  # not float noise to the power 1/6
     assert graphs.one_peer_exponential(12).period == 4 and graphs.parse("ring+rotate", 8).period == 6
     # random matchings: E[W^T W] = E[W] has rho^2 = 1 - n / (2 (n - 1)) on the mean-free space; the plain
     # norm of the sampled mean read 6% high on n = 16

@@ -140,6 +140,35 @@ def test_user_matrix_accepted(fresh_seed):
     torch.testing.assert_close(topo.mixing(3).dense(), W)
     directed = graphs.one_peer_exponential(8).mixing(0).dense()  # doubly stochastic, not symmetric
     assert graphs.from_matrix(directed).n == 8
+    # float32, torch's default: its sums are 1 only to float32 rounding; accepted, and made exact in float64
+    for w32 in (torch.full((3, 3), 1 / 3), graphs.ring(7).mixing(0).dense().float(),
+                torch.rand(5, 5, dtype=torch.float64).add(torch.eye(5)).float()):
+        if not torch.allclose(w32.sum(0), torch.ones(len(w32))):  # a random one: made doubly stochastic first
+            w = w32.double()
+            for _ in range(200):
+                w = w / w.sum(1, keepdim=True)
+                w = w / w.sum(0, keepdim=True)
+            w32 = w.float()
+        exact = graphs.from_matrix(w32).mixing(0).dense()
+        for axis in (0, 1):
+            assert (exact.sum(axis) - 1).abs().max() <= 1e-15, fresh_seed
+        torch.testing.assert_close(exact, w32.double(), rtol=0, atol=1e-6)
+        assert torch.equal(exact != 0, w32 != 0)
+
+
+def test_networkx_graphs_of_every_kind():
+    import networkx as nx
+
+    with pytest.raises(ConfigError, match="from_networkx takes an undirected graph"):
+        graphs.from_networkx(nx.DiGraph([(0, 1), (1, 2), (2, 0)]))
+    multi = nx.MultiGraph([(0, 1), (0, 1), (1, 2), (2, 0)])  # a parallel edge is one link
+    torch.testing.assert_close(graphs.from_networkx(multi).mixing(0).dense(), graphs.ring(3).mixing(0).dense())
+    mixed = nx.Graph([("a", 1), (1, 2.5), (2.5, "a")])  # labels that do not sort: the graph's order
+    torch.testing.assert_close(graphs.from_networkx(mixed).mixing(0).dense(), graphs.ring(3).mixing(0).dense())
+    with pytest.raises(ConfigError, match=r"matching edge \(3, 4\) does not link two of the agents 0..3"):
+        graphs.matcha(graphs.ring(4), matchings=[[(0, 1), (2, 3)], [(1, 2), (3, 4)]])
+    with pytest.raises(ConfigError, match="gossip mixes floating-point rows, got torch.int64"):
+        graphs.ring(5).mixing(0)(torch.full((5, 2), 6))
 
 
 @pytest.mark.parametrize("make,auto", [

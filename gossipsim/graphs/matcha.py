@@ -17,6 +17,7 @@ Each round: B_j ~ Bern(p_j) drawn from (seed, t), the same for every agent, and 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import networkx as nx
@@ -65,8 +66,7 @@ def matcha(base: Topology, budget: float = 0.5, seed: int = 0,
 
 def decompose(base: Topology) -> list[list[tuple[int, int]]]:
     """Disjoint matchings covering every edge of `base`: repeatedly remove a maximum-cardinality matching."""
-    return decompose_graph(base.graph if base.graph is not None else nx.from_numpy_array(
-        (base.mixing(0).dense() != 0).to(torch.int64).numpy()))
+    return decompose_graph(base.graph if base.graph is not None else nx.from_numpy_array(_links(base).numpy()))
 
 
 def decompose_graph(g: nx.Graph) -> list[list[tuple[int, int]]]:
@@ -184,9 +184,20 @@ def _project(q: torch.Tensor, cap: float) -> torch.Tensor:
     return (q - hi).clamp(0, 1)
 
 
+def _links(base: Topology) -> torch.Tensor:
+    """(N, N) int64 0/1: the base's links either way (a directed W's too), no self-loops."""
+    W = base.mixing(0).dense().cpu()
+    A = ((W != 0) | (W.T != 0)).to(torch.int64)
+    A.fill_diagonal_(0)
+    return A
+
+
 def _laplacian(n: int, edges: Sequence[tuple[int, int]]) -> torch.Tensor:
     L = torch.zeros(n, n, dtype=torch.float64)
-    for i, j in edges:
+    for e in edges:
+        if len(e) != 2 or not all(isinstance(v, numbers.Integral) and 0 <= v < n for v in e):
+            raise ConfigError(f"matching edge {tuple(e)!r} does not link two of the agents 0..{n - 1}")
+        i, j = e
         L[i, j] = L[j, i] = -1
         L[i, i] += 1
         L[j, j] += 1
@@ -198,8 +209,7 @@ def _check_matchings(matchings, laplacians: torch.Tensor, base: Topology) -> Non
         nodes = [v for e in m for v in e]
         if len(nodes) != len(set(nodes)) or any(i == j for i, j in m):
             raise ConfigError(f"matching {k} is not a matching: some agent appears in two of its edges")
-    A = (base.mixing(0).dense() != 0).to(torch.float64)
-    A.fill_diagonal_(0)
+    A = _links(base).to(torch.float64)
     covered = -laplacians.sum(0)
     covered.fill_diagonal_(0)
     if not torch.equal(covered, A):

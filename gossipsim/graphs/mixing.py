@@ -92,6 +92,8 @@ class Mixing:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """W @ x for x (N, P) or (N,), in the dtype of x."""
+        if not x.is_floating_point():  # W cast to an integer dtype is all zeros
+            raise ConfigError(f"gossip mixes floating-point rows, got {x.dtype}; convert x with x.double()")
         if x.dim() == 1:
             return self(x.unsqueeze(1)).squeeze(1)
         path = self.path_on(x.device)

@@ -15,6 +15,8 @@ from ..errors import ConfigError
 from .mixing import Mixing, Topology, upload
 from .topologies import WEIGHTS, _check_n, weights_from_adjacency
 
+MAX_PERIOD = 1000  # the longest period Periodic.period looks for
+
 
 class Periodic:
     """Cycles through a fixed list of mixings; `index(t)` picks round t's."""
@@ -31,12 +33,15 @@ class Periodic:
 
     @property
     def period(self) -> int:
-        """Rounds after which the schedule repeats (rotating's al_dsgd rule over 3 graphs: 6)."""
+        """Rounds after which the schedule repeats from round 0 (rotating's al_dsgd rule over 3 graphs: 6); a
+        schedule that does not within MAX_PERIOD rounds (a warm-up, then another graph) is refused."""
         k = len(self.mixings)
-        period = 1
-        while any(self.index(t) != self.index(t + period) for t in range(4 * k * period)):
-            period += 1
-        return period
+        seq = np.array([self.index(t) for t in range(4 * k * MAX_PERIOD + MAX_PERIOD)])
+        for period in range(1, MAX_PERIOD + 1):
+            if np.array_equal(seq[:4 * k * period], seq[period:period + 4 * k * period]):
+                return period
+        raise ConfigError(f"{self.name}'s schedule does not repeat within {MAX_PERIOD} rounds from round 0; "
+                          f"rho_per_round and `gossipsim graphs` measure periodic schedules only")
 
     def to(self, device: torch.device | str) -> Periodic:
         return Periodic([m.to(device) for m in self.mixings], self.index, self.name)
@@ -82,12 +87,15 @@ def rotating(topologies: Sequence[Topology], schedule: str | Callable[[int], int
     return Periodic([t.mixing(0) for t in topologies], index, "rotating(" + ",".join(t.name for t in topologies) + ")")
 
 
-def relabelled(base: Topology, seed: int, weights: str = "metropolis") -> Topology:
-    """A copy of `base` with its agents randomly permuted (AL-DSGD rotates relabelled copies of one graph)."""
-    perm = np.random.default_rng(seed).permutation(base.n)
-    A = (base.mixing(0).dense() != 0).to(torch.float64)
-    A = A[perm][:, perm]
-    return Topology(weights_from_adjacency(A, weights), name=f"{base.name}~{seed}")
+def relabelled(base: Topology, seed: int, weights: str | None = None) -> Topology:
+    """A copy of `base` with its agents randomly permuted (AL-DSGD rotates relabelled copies of one graph): its
+    own W relabelled, so a copy has the base's weights (and stays doubly stochastic if directed); or the
+    permuted graph with `weights` computed afresh."""
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(base.n))
+    W = base.mixing(0).dense().cpu().to(torch.float64)[perm][:, perm]
+    if weights is not None:
+        W = weights_from_adjacency((W != 0).to(torch.float64), weights)
+    return Topology(W, name=f"{base.name}~{seed}")
 
 
 class RandomSchedule:
@@ -132,7 +140,8 @@ def link_failures(base: Topology, p: float, seed: int = 0, weights: str = "metro
     if weights == "uniform" and p > 0:  # found only at the first round that loses a link, else
         raise ConfigError("weights='uniform' needs a regular graph, which failed links make irregular; use "
                           "weights='metropolis' with +fail")
-    A = (base.mixing(0).dense() != 0).to(torch.float64).cpu()
+    W = base.mixing(0).dense().cpu()
+    A = ((W != 0) | (W.T != 0)).to(torch.float64)  # the links, either way: a directed base's too
     A.fill_diagonal_(0)
     iu = torch.triu_indices(base.n, base.n, 1)
     edges = iu[:, A[iu[0], iu[1]] > 0]  # (2, E) the base graph's undirected edges
@@ -167,7 +176,8 @@ def rho_per_round(topo, samples: int = 1024) -> float:
         product = torch.eye(n, dtype=torch.float64)
         for t in range(period):
             product = topo.mixing(t).dense().cpu() @ product
-        return float(torch.linalg.matrix_norm(product - J, ord=2)) ** (1 / period)
+        r = float(torch.linalg.matrix_norm(product - J, ord=2))
+        return 0.0 if r < 1e-12 else r ** (1 / period)  # exact averaging: float noise's root is not a rate
     # The norm of a sampled mean of W^T W - J is biased up by the sampling noise (random_matching:16 read
     # 0.723 from 256 rounds, exactly 0.683). Cross-validated instead: the top eigenvector of one half's mean,
     # measured on the other half's, both ways (within 1% of the exact value from 1024 rounds).

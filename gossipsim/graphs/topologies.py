@@ -18,8 +18,12 @@ def mixing_weights(g: nx.Graph, weights: str = "metropolis") -> torch.Tensor:
     n = g.number_of_nodes()
     if n < 2:
         raise ConfigError(f"a topology needs at least 2 agents, got {n}")
-    if sorted(g.nodes) != list(range(n)):
-        g = nx.convert_node_labels_to_integers(g, ordering="sorted")
+    try:
+        ordered = sorted(g.nodes)
+    except TypeError:  # labels of several types: the graph's own order
+        ordered = None
+    if ordered != list(range(n)):
+        g = nx.convert_node_labels_to_integers(g, ordering="default" if ordered is None else "sorted")
     if not nx.is_connected(g):
         parts = nx.number_connected_components(g)
         raise ConfigError(f"graph is disconnected ({parts} components): gossip cannot reach consensus")
@@ -60,8 +64,12 @@ def weights_from_adjacency(A: torch.Tensor, weights: str = "metropolis") -> torc
 
 
 def from_networkx(g: nx.Graph, weights: str = "metropolis", name: str | None = None) -> Topology:
-    """Any undirected networkx graph as a static topology (nodes relabelled 0..N-1 in sorted order)."""
-    return _named(g, weights, name or f"graph{g.number_of_nodes()}")
+    """Any undirected networkx graph as a static topology (nodes relabelled 0..N-1 in sorted order, or in the
+    graph's order where labels do not sort; parallel edges of a multigraph count once)."""
+    if g.is_directed():
+        raise ConfigError("from_networkx takes an undirected graph (the weights are symmetric); give "
+                          "g.to_undirected(), or a directed mixing matrix to from_matrix")
+    return _named(nx.Graph(g), weights, name or f"graph{g.number_of_nodes()}")
 
 
 def ring(n: int, weights: str = "metropolis") -> Topology:
@@ -186,7 +194,8 @@ def from_matrix(W, name: str = "custom", tol: float = 1e-9) -> Topology:
     """A static topology with a user-given mixing matrix W (N, N), validated: square, N >= 2, no negative
     weights, doubly stochastic (the worst row or column sum is named), connected and averaging (no eigenvalue
     of modulus 1 besides the mean's)."""
-    W = torch.as_tensor(W, dtype=torch.float64)
+    given = torch.as_tensor(W)
+    W = given.to(torch.float64)
     if W.dim() != 2 or W.shape[0] != W.shape[1]:
         raise ConfigError(f"mixing matrix must be square (N, N), got shape {tuple(W.shape)}")
     n = W.shape[0]
@@ -198,11 +207,16 @@ def from_matrix(W, name: str = "custom", tol: float = 1e-9) -> Topology:
         i, j = (W == W.min()).nonzero()[0].tolist()
         raise ConfigError(f"mixing matrix has a negative weight W[{i}, {j}] = {float(W[i, j]):.3g}; "
                           "weights must be >= 0")
+    # a float32 W (torch's default) sums to 1 only up to its own rounding: judged at that precision
+    if given.is_floating_point():
+        tol = max(tol, 4 * n * torch.finfo(given.dtype).eps)
     for axis, what in ((1, "row"), (0, "column")):
         sums = W.sum(axis)
         k = int((sums - 1).abs().argmax())
         if abs(float(sums[k]) - 1) > tol:
-            raise ConfigError(f"mixing matrix is not doubly stochastic: {what} {k} sums to {float(sums[k]):.6g}, not 1")
+            raise ConfigError(f"mixing matrix is not doubly stochastic: {what} {k} sums to {float(sums[k]):.6g} "
+                              f"({float(sums[k]) - 1:+.3g} from 1, tolerance {tol:.3g})")
+    W = _sinkhorn(W.clamp_min(0))  # within tol: rescaled to sum to 1 in float64, or the average would drift
     g = nx.from_numpy_array(((W + W.T) != 0).to(torch.int64).numpy())
     _check_connected(g, "the graph of this mixing matrix", "gossip cannot reach consensus")
     # connected but periodic (a swap, a cyclic shift): an eigenvalue of modulus 1 besides the mean's, so
@@ -212,6 +226,17 @@ def from_matrix(W, name: str = "custom", tol: float = 1e-9) -> Topology:
         raise ConfigError(f"mixing matrix never averages: an eigenvalue besides 1 has modulus {second:.6g} (a "
                           f"permutation-like W); give each agent a positive self weight, e.g. (I + W) / 2")
     return Topology(W, g, name)
+
+
+def _sinkhorn(W: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """W (N, N) nearly doubly stochastic, with rows and columns rescaled in turn until both sum to 1 in float64
+    (the zero pattern, and so the graph, unchanged)."""
+    for _ in range(iterations):
+        if max(float((W.sum(0) - 1).abs().max()), float((W.sum(1) - 1).abs().max())) <= 1e-15:
+            break
+        W = W / W.sum(1, keepdim=True)
+        W = W / W.sum(0, keepdim=True)
+    return W
 
 
 def spectral_gap(W: torch.Tensor) -> torch.Tensor:

@@ -255,8 +255,10 @@ def cmd_graphs(argv: list[str]) -> int:
         diameter = nx.diameter(nx.from_numpy_array((W != 0).cpu().numpy())) if static else "-"
         gap = f"{float(graphs.spectral_gap(W)):.4f}" if static else "-"
         r = graphs.rho_per_round(topo)
-        if r < 1e-12:  # exact averaging: within one round, or one period of a periodic schedule
-            steps = getattr(topo, "period", 1)
+        if r < 1e-12:  # exact averaging, within one period of a periodic schedule: the first round it is reached
+            steps, product, J = 0, torch.eye(topo.n, dtype=torch.float64), torch.full((topo.n, topo.n), 1 / topo.n)
+            while float(torch.linalg.matrix_norm(product - J, ord=2)) >= 1e-12:
+                product, steps = topo.mixing(steps).dense().cpu().double() @ product, steps + 1
         else:
             steps = math.ceil(math.log(1e-2) / math.log(r)) if r < 1 else math.inf
         print(f"| {spec} | {topo.n} | {degree} | {diameter} | {gap} | {r:.4f} | {worst:.4f} | {steps} |")

@@ -150,7 +150,7 @@ class Config:
         _choice("compress_per", self.compress_per, ("model", "layer"))
         self.hyper = _typed_hyper(self.algorithm, self.hyper)
         self.algorithm_hyper(layers=None)  # bad or misplaced hyperparameters fail here, before any data is loaded
-        if self.algorithm == "matcha" and "+matcha:" not in self.topology:
+        if self.algorithm == "matcha" and self.topology.partition("+")[2].partition(":")[0].strip() != "matcha":
             raise ConfigError(f"algorithm matcha samples matchings of its topology, got topology={self.topology!r}; "
                               f"give BASE+matcha:CB, e.g. {self.topology.partition('+')[0]}+matcha:0.5")
         _choice("dataset", self.dataset, DATASETS)
