@@ -1,11 +1,11 @@
 """Reproduce the seed algorithms' papers' claims on real Fashion-MNIST: every run of a setup over several seeds.
 
     python benchmarks/reproduce.py [SETUP ...] [--scale cpu|gpu] [--seeds 0,1,2] [--json PATH] [--rounds R]
-                                   [--jobs J]
+                                   [--jobs J] [--out DIR]
 
 A setup is a config in configs/ (`<setup>_cpu.toml` scaled to 2 CPU cores, `<setup>.toml` at full size for
 a GPU) and the runs it compares, each the config plus a few keys. For every run and seed this trains with
-`gossipsim.sim.build` (run directories under runs/reproduce/), then prints a Markdown table: the averaged
+`gossipsim.sim.build` (run directories under --out, default runs/reproduce/), then prints a Markdown table: the averaged
 model's final test accuracy (mean ± std over seeds), total bits sent per agent, and both relative to the
 setup's first run. A run already finished (its summary.json exists) is read back, not trained again, so an
 interrupted reproduction resumes where it stopped. `--jobs J` trains J runs at once in separate processes:
@@ -76,9 +76,9 @@ def run(values: dict, out: Path) -> dict:
     return engine.run(int(values.get("rounds", Config().rounds)))[-1]
 
 
-def out_dir(name: str, label: str, seed: int) -> Path:
+def out_dir(root: Path, name: str, label: str, seed: int) -> Path:
     slug = "".join(c if c.isalnum() else "_" for c in label)
-    return ROOT / "runs" / "reproduce" / name / slug / f"seed{seed}"
+    return root / name / slug / f"seed{seed}"
 
 
 def _worker_init(threads: int) -> None:
@@ -99,7 +99,7 @@ def train_all(tasks: list[tuple[dict, Path]], jobs: int) -> None:
         futures = {pool.submit(run, values, out): out for values, out in todo}
         for done in concurrent.futures.as_completed(futures):
             final = done.result()
-            print(f"{futures[done].relative_to(ROOT)}: {100 * final['test_acc']:.2f}% "
+            print(f"{futures[done]}: {100 * final['test_acc']:.2f}% "
                   f"({final['samples_per_s']:.0f} samples/s)", flush=True)
 
 
@@ -111,6 +111,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="override the config's rounds (a quick look)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "reproduce.json"))
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "reproduce"),
+                    help="the folder of the run directories (finished runs there are read, not trained again)")
     args = ap.parse_args()
     for setup in args.setups:
         if setup not in SETUPS:
@@ -135,7 +137,7 @@ def main() -> None:
     # a run over other seeds is its own JSON entry: one seed must not write over the mean of three. Run
     # directories are per seed already, so every seed's run is shared between entries.
     entry = "" if seeds == DEFAULT_SEEDS else "@seeds" + "-".join(map(str, seeds))
-    tasks = [({**base, **keys, "seed": seed}, out_dir(name, label, seed))
+    tasks = [({**base, **keys, "seed": seed}, out_dir(Path(args.out), name, label, seed))
              for setup, (_, name, base) in bases.items() for label, keys in SETUPS[setup] for seed in seeds]
     train_all(tasks, args.jobs)
     for setup in setups:
@@ -144,7 +146,7 @@ def main() -> None:
         for label, keys in SETUPS[setup]:
             finals = []
             for seed in seeds:
-                finals.append(run({**base, **keys, "seed": seed}, out_dir(name, label, seed)))
+                finals.append(run({**base, **keys, "seed": seed}, out_dir(Path(args.out), name, label, seed)))
                 print(f"{name} | {label} | seed {seed}: {100 * finals[-1]['test_acc']:.2f}% "
                       f"({finals[-1]['samples_per_s']:.0f} samples/s)", flush=True)
             accs = [100 * f["test_acc"] for f in finals]

@@ -87,6 +87,12 @@ def test_quickstart_at_tiny_size(tmp_path):
     with pytest.raises(ConfigError, match=r"qs/dsgd' holds an earlier run with other rounds: move it away"):
         experiment.quickstart(tmp_path / "qs", algorithms=("dsgd",), **{**small, "rounds": 6})
     assert (tmp_path / "qs" / "dsgd" / "metrics.jsonl").read_text() == kept
+    # a changed run anywhere is refused before any other is retrained
+    config = tmp_path / "qs" / "dpsgd" / "config.json"
+    config.write_text(config.read_text().replace('"lr": 0.1', '"lr": 0.2'))
+    with pytest.raises(ConfigError, match=r"qs/dpsgd' holds an earlier run with other lr"):
+        experiment.quickstart(tmp_path / "qs", algorithms=("dsgd", "dpsgd"), **small)
+    assert (tmp_path / "qs" / "dsgd" / "metrics.jsonl").read_text() == kept
     with pytest.raises(ConfigError, match="quickstart algorithm 'nope': accepted: dsgd, "):
         experiment.quickstart(tmp_path / "qs", algorithms=("nope",), **small)
 

@@ -16,3 +16,4 @@ def test_python_blocks_run(tmp_path, monkeypatch):
         exec(compile(code, str(README), "exec"), scope)
     assert (tmp_path / "runs" / "mine" / "metrics.jsonl").exists()
     assert scope["history"][-1]["round"] == 100
+    assert (tmp_path / "runs" / "qs2" / "comparison.png").exists() and len(scope["rows"]) == 2

@@ -174,11 +174,17 @@ def quickstart(out: str | Path = "runs/quickstart", progress: bool = True, algor
     for name in names:
         if name not in QUICKSTART_ALGORITHMS:
             raise ConfigError(f"quickstart algorithm {name!r}: accepted: {', '.join(QUICKSTART_ALGORITHMS)}")
+    def config(name: str) -> Config:
+        return Config.from_dict({**QUICKSTART, **QUICKSTART_ALGORITHMS[name], **overrides, "algorithm": name,
+                                 "out": str(out / name), "progress": progress})
+
+    for name in names:  # every earlier run checked before any is trained: a refusal comes first, not a minute in
+        _own_run(out / name, config(name))
     rows, curves = [], {}
     for name in names:
-        cfg = Config.from_dict({**QUICKSTART, **QUICKSTART_ALGORITHMS[name], **overrides, "algorithm": name,
-                                "out": str(out / name), "progress": progress})
-        _replace_own_run(out / name, cfg)
+        cfg = config(name)
+        if _own_run(out / name, cfg):
+            shutil.rmtree(out / name)
         engine = build(cfg)
         history = engine.run(cfg.rounds)
         # same model, agents and batch every time: measure the backend once (1.4 s), not once an algorithm
@@ -189,11 +195,11 @@ def quickstart(out: str | Path = "runs/quickstart", progress: bool = True, algor
     return rows, plot_curves(curves, out / "comparison.png")
 
 
-def _replace_own_run(path: Path, cfg: Config) -> None:
-    """Removes the quickstart's earlier run in `path` when it has these settings (retraining gives the same
-    numbers); a run with other settings is results the user has, so that is refused instead."""
+def _own_run(path: Path, cfg: Config) -> bool:
+    """Whether `path` holds the quickstart's earlier run with these settings, to be replaced (retraining gives the
+    same numbers); a run with other settings is results the user has, so that is refused instead."""
     if not (path / "metrics.jsonl").exists():
-        return
+        return False
     try:
         earlier = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
@@ -204,7 +210,7 @@ def _replace_own_run(path: Path, cfg: Config) -> None:
         what = "no readable config.json" if earlier is None else f"other {', '.join(changed)}"
         raise ConfigError(f"{str(path)!r} holds an earlier run with {what}: move it away (the quickstart "
                           f"writes runs/quickstart/; from Python, quickstart(out=...) takes another folder)")
-    shutil.rmtree(path)
+    return True
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:
