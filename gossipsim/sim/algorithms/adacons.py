@@ -21,6 +21,7 @@ line-search step size): under plain SGD, lr is a step length, not allreduce's lr
 the paper) multiplies g by s = (1/N) sum_i (||g_i|| + eps), the mean gradient norm: the step gets the
 size of the averaged gradient, lr means what it means for `allreduce`, and identical gradients give
 `allreduce` exactly.
+beta's default 0.99 is the sample code's example; its constructor's default is 0 (no momentum).
 Communication: two ring all-reduces of P floats and an all-gather of N scalars per agent.
 """
 from __future__ import annotations

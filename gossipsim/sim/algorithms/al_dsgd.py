@@ -20,8 +20,10 @@ variant="paper": the corrective force enters the local step, scaled by the learn
     X^{t+1}   = (1 - c1 - c2) W X^{t+1/2} + c1 A_N X^{t+1/2} + c2 A_tau X^{t+1/2}
 
 The leader step runs every `every` rounds (the code's --iteration); other rounds, and agents with no
-active neighbour, only gossip. Communication: the float32 model and two scalars (loss, degree) on
-every active edge.
+active neighbour, only gossip. Rounds are counted from the start of the run: the official code counts them
+within each epoch (its batch index), so where an epoch's length is not a multiple of `every` (or, for the
+dynamic graphs' schedule, of 6) the two pick different rounds after the first epoch. Communication: the
+float32 model and two scalars (loss, degree) on every active edge.
 
 The leader terms make each round's combined matrix row-stochastic but not column-stochastic (an agent
 chosen as leader by many pulls them all): on irregular or changing graphs the average moves, and with

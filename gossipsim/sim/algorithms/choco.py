@@ -25,7 +25,9 @@ matchings) it mixes old rounds' weights and the agents never agree. Here (W_t - 
 round, as `choco` forms it (every agent holding current copies of this round's neighbours): the same
 numbers on a static W up to rounding, one gossip product a round as before, and no (N, P) S to keep.
 
-X_hat starts at 0. Communication: one compressed message per agent to each active neighbour, its bits
+X_hat starts at 0. gamma's default 0.5 is not the paper's (it is tuned per graph and compressor): the
+official example scripts use 0.45 and 0.5 with sign, their argparse default is 0.9 (ALGORITHMS.md 2).
+Communication: one compressed message per agent to each active neighbour, its bits
 from the compressor's encoding; on a time-varying topology a message made while a link was down is paid
 for when the link is next up (base.delivered_bits). State tensors are updated in place: no (N, P)
 temporaries a round besides the compressor's.

@@ -15,6 +15,8 @@ minimizing (1/N) sum_i f_i(x) + mu ||x||_1. The soft threshold is lr mu (not sca
 steps are constant unless lr is given a schedule: ambiguities (b) and (c) of ALGORITHMS.md 6. With mu = 0
 this is `choco` exactly. Communication: the coded residual on every active edge; the sparser the model
 and its updates, the shorter the code. The engine reports the agents' model sparsity (fraction of zeros).
+The defaults (gamma 0.05, mu 1e-5, dithered:16 scaled, per model) are ours, not the paper's, which
+were not found (ALGORITHMS.md 6): tune gamma for the problem.
 """
 from __future__ import annotations
 
