@@ -216,7 +216,8 @@ def from_matrix(W, name: str = "custom", tol: float = 1e-9) -> Topology:
         if abs(float(sums[k]) - 1) > tol:
             raise ConfigError(f"mixing matrix is not doubly stochastic: {what} {k} sums to {float(sums[k]):.6g} "
                               f"({float(sums[k]) - 1:+.3g} from 1, tolerance {tol:.3g})")
-    W = _sinkhorn(W.clamp_min(0))  # within tol: rescaled to sum to 1 in float64, or the average would drift
+    if max(float((W.sum(0) - 1).abs().max()), float((W.sum(1) - 1).abs().max())) > 1e-12:
+        W = _sinkhorn(W.clamp_min(0))  # within tol (float32's): rescaled to sum to 1 in float64, or the mean drifts
     g = nx.from_numpy_array(((W + W.T) != 0).to(torch.int64).numpy())
     _check_connected(g, "the graph of this mixing matrix", "gossip cannot reach consensus")
     # connected but periodic (a swap, a cyclic shift): an eigenvalue of modulus 1 besides the mean's, so
