@@ -397,3 +397,18 @@ def test_a_rollback_in_memory_names_no_checkpoint_file(tmp_path):
     with pytest.raises(Diverged, match="no checkpoint had been written"):
         engine.run(10)
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["diverged"]["checkpoint"] is None
+
+
+def test_a_run_holding_a_key_that_had_no_effect_still_resumes(tmp_path):
+    # written before such keys were refused: alpha with an iid partition meant the default alpha
+    run = tmp_path / "r"
+    sim.build(sim.Config(agents=3, rounds=2, eval_every=2, batch_size=4, eval_samples=50, progress=False,
+                         out=str(run))).run(2)
+    state = checkpoint.load(run)
+    state.pop("format")
+    state["config"] = {**state["config"], "alpha": 0.3, "milestones": [5]}
+    checkpoint.save(state, run / checkpoint.NAME)
+    engine = experiment.resume(run, rounds=4)
+    assert engine.run(2)[-1]["round"] == 4
+    with pytest.raises(ConfigError, match="alpha=0.3 is for partition=dirichlet"):
+        experiment.resume(run, rounds=6, alpha=0.3)  # given now, it is the mistake it always was

@@ -47,6 +47,12 @@ def applies(key: str, values: dict[str, Any]) -> bool:
     return values.get(on, _default(on)) in accepted
 
 
+def unused_as_default(values: dict[str, Any]) -> dict[str, Any]:
+    """values with each key that does not apply (alpha with an iid partition) at its default: what it meant. A run
+    written before such keys were refused may hold one."""
+    return {k: v if applies(k, values) else _default(k) for k, v in values.items()}
+
+
 def _default(name: str) -> Any:
     f = Config.__dataclass_fields__[name]
     return f.default_factory() if f.default is dataclasses.MISSING else f.default

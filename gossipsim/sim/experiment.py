@@ -17,7 +17,7 @@ import torch
 from .. import graphs
 from ..errors import ConfigError
 from . import algorithms, checkpoint, data, local, memory, models
-from .config import ALGORITHM_KEYS, Config, fold_hyper, plain_items
+from .config import ALGORITHM_KEYS, Config, fold_hyper, plain_items, unused_as_default
 from .engine import Engine
 from .model import StackedModel, keep_freed_memory
 
@@ -110,7 +110,7 @@ def resume(run_dir: str | Path, **overrides: Any) -> Engine:
     (rounds: the total the run goes to) and repeat any other key's value. engine.run(cfg.rounds - engine.t)
     finishes it."""
     state = checkpoint.load(run_dir)
-    old = state["config"]
+    old = unused_as_default(state["config"])
     if any(k.startswith("hyper.") for k in overrides) and "hyper" not in overrides:
         # --hyper.NAME=VALUE repeats one entry of the run's table; a whole table (a sweep's) stands as given
         overrides = {**overrides, "hyper": old.get("hyper", {})}
