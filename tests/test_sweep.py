@@ -261,3 +261,14 @@ def test_a_key_goes_only_to_the_points_it_applies_to(tmp_path):
         cfg = sim.Config.from_dict(p.values)
         assert ("milestones" in p.values) == (cfg.lr_schedule == "multistep") and ("alpha" in p.values) == (
             cfg.partition == "dirichlet")
+
+
+def test_a_finished_run_holding_a_key_that_had_no_effect_is_done(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text(f"out = '{tmp_path / 's'}'\nrounds = 2\nagents = 3\nbatch_size = 4\neval_every = 2\n"
+                    f"eval_samples = 50\n[grid]\nseed = [0]\n")
+    _, _, points = sweep.load(path)
+    sim.build(sim.Config.from_dict({**points[0].values, "progress": False})).run(2)
+    config = points[0].path / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "alpha": 0.3}))  # iid: alpha meant nothing
+    assert sweep.status(points[0]) == "done"

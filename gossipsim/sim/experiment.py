@@ -86,7 +86,7 @@ def changed_settings(config: dict[str, Any], cfg: Config, ignore: tuple[str, ...
     def as_json(c: Config) -> dict[str, Any]:
         return json.loads(json.dumps(c.to_dict(), default=str))  # as config.json holds it
 
-    now, earlier = as_json(cfg), {**as_json(Config()), **config}
+    now, earlier = as_json(cfg), unused_as_default({**as_json(Config()), **config})
     keys = [k for k in now if k not in ignore and earlier[k] != now[k]]
     own = [k for k in keys if k in ALGORITHM_KEYS or k == "hyper"]
     if own and _factory_hyper(earlier) == _factory_hyper(cfg):
