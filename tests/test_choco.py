@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gossipsim import graphs, kernels, sim
+from gossipsim import ConfigError, graphs, kernels, sim
 from gossipsim.sim.model import StackedModel
 from tests.test_engine_reference import CLASSES, B, N, bn_cnn, irregular_W, mlp, run_both
 
@@ -64,8 +64,11 @@ def test_bits_mean_and_state(algorithm, fresh_seed):
 
 
 def test_bad_compressor_argument():
-    with pytest.raises(TypeError, match="Compressor"):
-        sim.algorithms.make("choco", lr=0.1, compressor="top_k")
+    with pytest.raises(ConfigError, match=r"compressor='top_k:0.1': give a kernels.Compressor; "
+                                          r"kernels.parse\('top_k:0.1'\) builds one"):
+        sim.algorithms.make("choco", lr=0.1, compressor="top_k:0.1")
+    with pytest.raises(TypeError, match="Compressor"):  # any other object: the factory's own check
+        sim.algorithms.make("choco", lr=0.1, compressor=0.1)
 
 
 def test_from_the_command_line(tmp_path, capsys):

@@ -92,6 +92,9 @@ class Mixing:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """W @ x for x (N, P) or (N,), in the dtype of x."""
+        if not isinstance(x, torch.Tensor) or x.dim() not in (1, 2) or x.shape[0] != self.n:
+            what = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ConfigError(f"gossip mixes a tensor (N, P) or (N,) with N = {self.n}, a row an agent; got {what}")
         if not x.is_floating_point():  # W cast to an integer dtype is all zeros
             raise ConfigError(f"gossip mixes floating-point rows, got {x.dtype}; convert x with x.double()")
         if x.dim() == 1:

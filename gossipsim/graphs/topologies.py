@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import networkx as nx
@@ -150,8 +151,8 @@ def exponential(n: int, weights: str = "metropolis") -> Topology:
 def erdos_renyi(n: int, p: float, seed: int = 0, weights: str = "metropolis") -> Topology:
     """G(n, p): each edge present independently with probability p, drawn from `seed`; must be connected."""
     _check_n(n)
-    if not 0 < p <= 1:
-        raise ConfigError(f"erdos_renyi edge probability must be in (0, 1], got {p!r}")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
+        raise ConfigError(f"erdos_renyi edge probability must be a number in (0, 1], got {p!r}")
     g = nx.erdos_renyi_graph(n, p, seed=seed)
     _check_connected(g, f"erdos_renyi({n}, {p}, seed={seed})", "raise p or try another seed")
     return _named(g, weights, f"erdos_renyi{n}")

@@ -114,6 +114,8 @@ class Compressor:
         if r.dim() != 2 or r.shape[1] < 1:
             raise ConfigError(f"{self.name} compresses an (N, P) tensor, a row an agent with P >= 1; got shape "
                               f"{tuple(r.shape)}")
+        if not r.is_floating_point():  # integer rows would be rounded silently (sign's scale) or fail deep in torch
+            raise ConfigError(f"{self.name} compresses floating-point rows, got {r.dtype}")
 
     def compress(self, r: torch.Tensor, generator: torch.Generator | None = None):
         """Each agent's message for its row of r (N, P)."""
@@ -153,10 +155,10 @@ class Identity(Compressor):
         return Dense(r)
 
     def decompress(self, message):
-        return message.values
+        return _message(self, message, Dense).values
 
     def bits(self, message):
-        n, p = message.values.shape
+        n, p = _message(self, message, Dense).values.shape
         return torch.full((n,), 32.0 * p, dtype=torch.float64, device=message.values.device)
 
     def delta(self, d):
@@ -164,8 +166,22 @@ class Identity(Compressor):
 
 
 def _check_fraction(name: str, fraction: Any) -> None:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
         raise ConfigError(f"{name} fraction kept must be a number in (0, 1], got {fraction!r}")
+
+
+def _plain_fraction(comp: Compressor, name: str) -> None:
+    _check_fraction(name, comp.fraction)
+    if type(comp.fraction) not in (int, float):  # a NumPy scalar (np.linspace) as a plain float
+        object.__setattr__(comp, "fraction", float(comp.fraction))
+
+
+def _message(comp: Compressor, message: Any, kind: type) -> Any:
+    """message, if it is what comp.compress returns (a tensor in its place is the likely mistake)."""
+    if not isinstance(message, kind):
+        raise ConfigError(f"{comp.name}: decompress and bits take what compress returns (a {kind.__name__}), got "
+                          f"{type(message).__name__}; roundtrip(r) gives the dense rows and bits at once")
+    return message
 
 
 def kept(d: int, fraction: float) -> int:
@@ -186,7 +202,7 @@ class TopK(Compressor):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_fraction("top_k", self.fraction)
+        _plain_fraction(self, "top_k")
 
     def ks(self, width: int) -> list[int]:
         return [kept(d, self.fraction) for d in self.segments(width)]
@@ -200,11 +216,12 @@ class TopK(Compressor):
         return Sparse(r.gather(1, indices), indices, r.shape[1])
 
     def decompress(self, message):
-        values, indices, width = message
+        values, indices, width = _message(self, message, Sparse)
         return torch.zeros(values.shape[0], width, dtype=values.dtype, device=values.device).scatter_(
             1, indices, values)
 
     def bits(self, message):
+        message = _message(self, message, Sparse)
         return B.sparse_raw(self.segments(message.width), self.ks(message.width), message.values.shape[0],
                             message.values.device)
 
@@ -275,7 +292,7 @@ class RandK(Compressor):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_fraction("rand_k", self.fraction)
+        _plain_fraction(self, "rand_k")
 
     def ks(self, width: int) -> list[int]:
         return [kept(d, self.fraction) for d in self.segments(width)]
@@ -301,6 +318,7 @@ class RandK(Compressor):
     decompress = TopK.decompress
 
     def bits(self, message):
+        message = _message(self, message, Sparse)
         return B.sparse_raw(self.segments(message.width), self.ks(message.width), message.values.shape[0],
                             message.values.device)
 
@@ -325,8 +343,10 @@ class QSGD(Compressor):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.levels, int) or isinstance(self.levels, bool) or not 1 <= self.levels <= 2**15 - 1:
+        if not isinstance(self.levels, numbers.Integral) or isinstance(self.levels, bool) or \
+                not 1 <= self.levels <= 2**15 - 1:
             raise ConfigError(f"qsgd levels must be an integer in [1, 32767], got {self.levels!r}")
+        object.__setattr__(self, "levels", int(self.levels))  # a NumPy integer (np.arange) as a plain one
 
     def tau(self, d: int) -> float:
         s = self.levels
@@ -367,10 +387,11 @@ class QSGD(Compressor):
         return level.copysign_(r)  # level 0 where r = 0: -0 becomes symbol 0
 
     def decompress(self, message):
-        symbols, scales, _ = message
+        symbols, scales, _ = _message(self, message, Quantized)
         return symbols.to(scales.dtype) * expand(scales, self.segments(symbols.shape[1]))
 
     def bits(self, message):
+        message = _message(self, message, Quantized)
         sizes = self.segments(message.symbols.shape[1])
         if self.encoding == "raw":
             return B.quantized_raw(sizes, message.levels, message.symbols.shape[0], message.symbols.device)
@@ -400,6 +421,7 @@ class Sign(Compressor):
     decompress = QSGD.decompress
 
     def bits(self, message):
+        message = _message(self, message, Quantized)
         sizes = self.segments(message.symbols.shape[1])
         if self.encoding == "raw":
             return B.sign_raw(sizes, message.symbols.shape[0], message.symbols.device)
@@ -442,7 +464,7 @@ class Chain(Compressor):
     decompress = TopK.decompress
 
     def bits(self, message):
-        top, q = self.parts(message.width)
+        top, q = self.parts(_message(self, message, Sparse).width)
         sizes, ks = self.segments(message.width), top.ks(message.width)
         n, device = message.values.shape[0], message.values.device
         return B.sparse_raw(sizes, ks, n, device, value_bits=1 + B.level_bits(self.levels)) + 32.0 * len(sizes)

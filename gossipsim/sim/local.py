@@ -11,6 +11,7 @@ as a 0-dim float64 tensor, built from tensor ops only so that a tensor t never f
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,12 @@ class LocalSGD:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        for key in ("momentum", "weight_decay"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not isinstance(self.nesterov, bool):  # "False", a non-empty string, would switch it on
+            raise ConfigError(f"nesterov must be True or False, got {self.nesterov!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:

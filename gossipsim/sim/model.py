@@ -60,6 +60,11 @@ class StackedModel:
                  chunk_size: int | None = None, bn: str = "local",
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
                  autocast: torch.dtype | None = None):
+        if isinstance(factory, nn.Module) or not callable(factory):
+            raise ConfigError(f"StackedModel takes a factory, a callable that returns a new nn.Module, got "
+                              f"{type(factory).__name__}; e.g. lambda: sim.models.make('lenet5')")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"StackedModel needs a whole number n >= 1 of agents, got {n!r}")
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
         if bn not in BN_MODES:
@@ -73,6 +78,8 @@ class StackedModel:
         self.chunk_size = chunk_size or max(1, n // 4)
         with torch.device("meta"):
             self.template = factory()
+        if not isinstance(self.template, nn.Module):
+            raise ConfigError(f"the model factory returned {type(self.template).__name__}, not an nn.Module")
         for m in self.template.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is None:
                 raise ConfigError("BatchNorm with momentum=None (cumulative averages) is not supported; "
@@ -104,6 +111,8 @@ class StackedModel:
              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Initial parameters x0 (N, P) and buffers (N, Pbuf); every agent starts from the same seeded x0
         unless same_init=False, in which case agent i gets the i-th of N consecutive draws."""
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ConfigError(f"init's dtype must be a floating torch.dtype such as torch.float64, got {dtype!r}")
         rows, bufs = [], []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -174,12 +183,29 @@ class StackedModel:
         x (N, P), buf (N, Pbuf), xb (N, B, ...) normalized inputs, yb (N, B) labels.
         """
         backend = backend or self.backend
+        self._check_batch(x, xb, yb, backend)
         if backend == "auto":
             backend = self.choose_backend(x, buf, xb, yb)
         if self.autocast is not None:  # forward and backward in low precision; x, g and buffers stay as they are
             with torch.autocast(x.device.type, dtype=self.autocast):
                 return self._grad(x, buf, xb, yb, backend)
         return self._grad(x, buf, xb, yb, backend)
+
+    def _check_batch(self, x: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, backend: str) -> None:
+        """One line for a batch that does not fit (shapes and dtypes only: no host sync). A loop over agents
+        would otherwise drop the extra agents' batches silently, and torch's errors never name xb or yb."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+        if x.dim() != 2 or x.shape[1] != self.P:
+            raise ConfigError(f"x must be (N, P) with P = {self.P}, got {tuple(x.shape)}")
+        if xb.dim() < 3 or xb.shape[0] != x.shape[0] or tuple(yb.shape) != tuple(xb.shape[:2]):
+            raise ConfigError(f"a batch per agent: xb (N, B, ...) and yb (N, B) with N = {x.shape[0]}, got xb "
+                              f"{tuple(xb.shape)} and yb {tuple(yb.shape)}")
+        if xb.dtype != x.dtype and not (self.autocast is not None and xb.is_floating_point()):
+            raise ConfigError(f"xb is {xb.dtype} but the parameters are {x.dtype}: normalize the inputs to "
+                              f"{x.dtype} (data.Dataset.normalize does)")
+        if yb.is_floating_point() or yb.is_complex():
+            raise ConfigError(f"yb holds class labels: an integer tensor, got {yb.dtype}")
 
     def _grad(self, x, buf, xb, yb, backend: str):
         self.template.train()

@@ -79,6 +79,8 @@ def _json(path: Path, text: str | None = None) -> Any:
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
     """Each path is a run directory, or a directory of them (a sweep's): its subdirectories that hold a run."""
+    if isinstance(paths, (str, os.PathLike)):  # one path, not its characters
+        paths = [paths]
     runs = []
     for p in map(Path, paths):
         if (p / "metrics.jsonl").exists():
@@ -194,6 +196,8 @@ def _factory_values(run: Run) -> dict[str, Any]:
 
 def mean_std(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(rounds, mean bits per agent, mean, std) of `metric` over runs, at the rounds every run evaluated."""
+    if not runs:
+        raise ConfigError("mean_std needs at least one run (find_runs(paths) loads them)")
     common = sorted(set.intersection(*({r["round"] for r in run.rows} for run in runs)))
     def table(field: str) -> np.ndarray:
         by_round = [{r["round"]: r.get(field) for r in run.rows} for run in runs]

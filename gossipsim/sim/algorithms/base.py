@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -50,6 +51,8 @@ def check_range(algorithm: str, key: str, value: float, low: float, high: float,
                 high_open: bool = False) -> None:
     """One ConfigError naming the algorithm, the key, the interval and the value, unless low <= value <= high
     (strict on an open side); NaN is never in range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{algorithm} {key} must be a number, got {value!r}")
     above = value > low if low_open else value >= low
     below = value < high if high_open else value <= high
     if not (above and below):
@@ -98,9 +101,38 @@ def make(name: str, /, **hyper: Any) -> Algorithm:
     missing = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in hyper]
     if missing:
         raise ConfigError(f"{name} needs {', '.join(missing)}")
+    if isinstance(hyper.get("compressor"), str):  # objects in the library; the spec strings are the CLI's
+        raise ConfigError(f"compressor={hyper['compressor']!r}: give a kernels.Compressor; "
+                          f"kernels.parse({hyper['compressor']!r}) builds one from that spec")
     init, step = factory(**hyper)
-    return Algorithm(init, step, name, {**{k: v for k, v in accepted.items()
+    return Algorithm(init, _checked(step), name, {**{k: v for k, v in accepted.items()
                                            if v is not inspect.Parameter.empty}, **hyper})
+
+
+def _checked(step: Callable) -> Callable:
+    """step, with its round's oracle held to the contract grad(x) -> (loss (N,), g shaped like x): a g of
+    another shape would be broadcast into a wrong update, silently."""
+    def checked(state, rnd):
+        if not isinstance(rnd, Round):
+            return step(state, rnd)
+        grad = rnd.grad
+
+        def oracle(x):
+            out = grad(x)
+            if not isinstance(out, tuple) or len(out) != 2:
+                got = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
+                raise ConfigError(f"the round's grad(x) must return a tuple (loss (N,), g (N, P)), got {got} "
+                                  f"(StackedModel.grad returns three: take [:2])")
+            loss, g = out
+            if tuple(loss.shape) != tuple(x.shape[:1]) or g.shape != x.shape:
+                raise ConfigError(f"the round's grad(x) for x of shape {tuple(x.shape)} must return loss "
+                                  f"{tuple(x.shape[:1])} and g {tuple(x.shape)}, got {tuple(loss.shape)} and "
+                                  f"{tuple(g.shape)}")
+            return out
+
+        return step(state, rnd._replace(grad=oracle))
+
+    return checked
 
 
 def init_on_meta(algorithm: Algorithm, n: int, p: int, dtype: torch.dtype) -> NamedTuple:
