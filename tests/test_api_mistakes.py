@@ -34,12 +34,19 @@ def test_the_stacked_model_and_its_batches():
     for backend in ("vmap", "loop", "chunked"):
         # a batch for three agents: the loop dropped the third silently
         one_line(lambda b=backend: model.grad(x, buf, torch.randn(3, 5, 12), torch.randint(0, 3, (3, 5)), b),
-                 r"xb \(N, B, ...\) and yb \(N, B\) with N = 2, got xb \(3, 5, 12\)")
+                 r"xb \(N, B, ...\) and yb \(N, B, ...\) with N = 2, got xb \(3, 5, 12\)")
         one_line(lambda b=backend: model.grad(x, buf, xb.double(), yb, b), "xb is torch.float64 but the "
                                                                           "parameters are torch.float32")
-        one_line(lambda b=backend: model.grad(x, buf, xb, yb.float(), b), "yb holds class labels: an integer")
+        one_line(lambda b=backend: model.grad(x, buf, xb, yb.float(), b), r"yb holds class labels, \(N, B\) "
+                                                                          r"integers, got torch.float32")
     one_line(lambda: model.grad(x, buf, xb, yb, "vmpa"), "unknown backend 'vmpa'")
     one_line(lambda: model.grad(x[0], buf, xb, yb), r"x must be \(N, P\) with P = 83, got \(83,\)")
+    # a loss of one's own takes targets of its own: regression targets (N, B, 3) in float
+    regress = sim.StackedModel(mlp, 2, loss_fn=nn.functional.mse_loss)
+    x, buf = regress.init()
+    loss, g, _ = regress.grad(x, buf, xb, torch.randn(2, 5, 3), "loop")
+    assert loss.shape == (2,) and g.shape == x.shape
+    assert sim.StackedModel(mlp, np.int64(3)).n == 3
 
 
 def test_an_oracle_that_breaks_the_contract():

@@ -23,6 +23,7 @@ Backends, all numerically the same function of the same rows:
 from __future__ import annotations
 
 import ctypes
+import numbers
 import random
 import statistics
 import time
@@ -63,8 +64,9 @@ class StackedModel:
         if isinstance(factory, nn.Module) or not callable(factory):
             raise ConfigError(f"StackedModel takes a factory, a callable that returns a new nn.Module, got "
                               f"{type(factory).__name__}; e.g. lambda: sim.models.make('lenet5')")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ConfigError(f"StackedModel needs a whole number n >= 1 of agents, got {n!r}")
+        n = int(n)
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
         if bn not in BN_MODES:
@@ -198,14 +200,15 @@ class StackedModel:
             raise ConfigError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
         if x.dim() != 2 or x.shape[1] != self.P:
             raise ConfigError(f"x must be (N, P) with P = {self.P}, got {tuple(x.shape)}")
-        if xb.dim() < 3 or xb.shape[0] != x.shape[0] or tuple(yb.shape) != tuple(xb.shape[:2]):
-            raise ConfigError(f"a batch per agent: xb (N, B, ...) and yb (N, B) with N = {x.shape[0]}, got xb "
+        if xb.dim() < 3 or xb.shape[0] != x.shape[0] or tuple(yb.shape[:2]) != tuple(xb.shape[:2]):
+            raise ConfigError(f"a batch per agent: xb (N, B, ...) and yb (N, B, ...) with N = {x.shape[0]}, got xb "
                               f"{tuple(xb.shape)} and yb {tuple(yb.shape)}")
         if xb.dtype != x.dtype and not (self.autocast is not None and xb.is_floating_point()):
             raise ConfigError(f"xb is {xb.dtype} but the parameters are {x.dtype}: normalize the inputs to "
                               f"{x.dtype} (data.Dataset.normalize does)")
-        if yb.is_floating_point() or yb.is_complex():
-            raise ConfigError(f"yb holds class labels: an integer tensor, got {yb.dtype}")
+        if self.loss_fn is F.cross_entropy and (yb.is_floating_point() or yb.dim() != 2):
+            raise ConfigError(f"yb holds class labels, (N, B) integers, got {yb.dtype} {tuple(yb.shape)} (another "
+                              f"kind of target needs a loss_fn of its own)")
 
     def _grad(self, x, buf, xb, yb, backend: str):
         self.template.train()
