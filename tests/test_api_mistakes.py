@@ -90,6 +90,7 @@ def test_gossip_graphs_and_results():
     one_line(lambda: M(np.ones((4, 2))), "got ndarray")
     one_line(lambda: graphs.erdos_renyi(8, "0.5"), "edge probability must be a number in \\(0, 1\\], got '0.5'")
     one_line(lambda: results.mean_std([], "test_acc"), "mean_std needs at least one run")
+    one_line(lambda: results.plot([], "p.png"), "plot needs at least one run")  # it drew an empty figure
 
 
 def test_one_path_is_one_path(tmp_path):

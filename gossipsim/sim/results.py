@@ -215,6 +215,8 @@ def mean_std(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.n
 def plot(runs: list[Run], path: str | Path) -> Path:
     """Test accuracy of the averaged model against rounds and against bits sent per agent, and consensus
     distance against rounds: one line per group, its mean over seeds, in a band of one standard deviation."""
+    if not runs:
+        raise ConfigError("plot needs at least one run (find_runs(paths) loads them)")
     import matplotlib
 
     matplotlib.use("Agg")
