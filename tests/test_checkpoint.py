@@ -187,25 +187,21 @@ def test_a_metrics_line_cut_short_is_taken_back_or_skipped(tmp_path, monkeypatch
     run = metrics.RunDir(tmp_path / "r")
     run.append_metrics({"round": 1, "test_acc": 0.5})
 
+    real_write = metrics.os.write
+
     def disk_full(fd):
         raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(metrics.os, "fsync", disk_full)
-    with pytest.raises(OSError):
-        run.append_metrics({"round": 2, "test_acc": 0.6})
-    monkeypatch.undo()
-    assert (tmp_path / "r" / "metrics.jsonl").read_text() == '{"round": 1, "test_acc": 0.5}\n'
-    real_write = metrics.os.write
 
     def half_then_full(fd, data):  # the disk fills part-way through the line
         real_write(fd, bytes(data[:5]))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(metrics.os, "write", half_then_full)
-    with pytest.raises(OSError):
-        run.append_metrics({"round": 2, "test_acc": 0.6})
-    monkeypatch.undo()
-    assert (tmp_path / "r" / "metrics.jsonl").read_text() == '{"round": 1, "test_acc": 0.5}\n'
+    for name, failing in (("fsync", disk_full), ("write", half_then_full)):
+        monkeypatch.setattr(metrics.os, name, failing)
+        with pytest.raises(OSError):
+            run.append_metrics({"round": 2, "test_acc": 0.6})
+        monkeypatch.undo()
+        assert (tmp_path / "r" / "metrics.jsonl").read_text() == '{"round": 1, "test_acc": 0.5}\n', name
     # a run killed mid-line: the whole evaluations before it still load
     with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
         f.write('{"round": 2, "test_a')

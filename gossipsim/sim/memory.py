@@ -83,7 +83,8 @@ def estimate(model: StackedModel, algorithm: Algorithm, batch_size: int, sample_
     width = torch.empty((), dtype=dtype).element_size()
     state = init_on_meta(algorithm, n, p, dtype)
     at_once = {"loop": 1, "chunked": min(n, model.chunk_size)}.get(model.backend, n)  # vmap, and auto's worst
-    per_agent = activation_bytes(model.template, (batch_size, *sample_shape)) * width // 4
+    leaves = leaf_output_bytes(model.template, (batch_size, *sample_shape))  # float32 bytes, for the batch
+    per_agent = sum(leaves) * width // 4
     parts = {
         "state": sum(t.numel() * t.element_size() for t in _tensors(state)) + n * model.Pbuf * width,
         "gradients": n * p * width,
@@ -95,7 +96,7 @@ def estimate(model: StackedModel, algorithm: Algorithm, batch_size: int, sample_
     # peak (3 to 19 times measured on a CPU: the layer's input and output, a convolution's workspace, vmapped
     # normalization's temporaries); 64 MiB's worth is allowed whatever the round's size, so that small models
     # still evaluate in large calls.
-    per_sample = 24 * max(leaf_output_bytes(model.template, (1, *sample_shape)), default=1) * width // 4
+    per_sample = 24 * max(leaves, default=batch_size) // batch_size * width // 4
     budget = max(parts["gradients"] + parts["step temporaries"] + parts["activations"], 64 * 2**20)
     return Estimate(parts, eval_samples=int(max(1, min(EVAL_SAMPLES_PER_CALL, budget // max(per_sample, 1)))))
 
