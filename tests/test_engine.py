@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from gossipsim import sim
+from gossipsim import ConfigError, sim
 from gossipsim.sim import metrics
 
 TIMING_KEYS = {"train_time", "samples_per_s", "eval_time"}
@@ -51,6 +51,24 @@ def test_bits_sent_per_agent(tmp_path, algorithm, per_round):
     engine = sim.build(cfg)
     last = engine.run(5)[-1]
     assert last["bits_per_agent"] == pytest.approx(5 * per_round(4, engine.model.P))
+
+
+@pytest.mark.parametrize("algorithm,compressor", [("dsgd", None), ("choco", "top_k:0.01")])
+def test_gossiped_batchnorm_statistics_are_counted_in_the_bits(tmp_path, algorithm, compressor):
+    def bits(bn):
+        cfg = tiny(tmp_path / bn, model="resnet20", dataset="synthetic", agents=3, rounds=2, eval_every=2,
+                   batch_size=2, bn=bn, backend="loop", eval_agents=False, algorithm=algorithm, compressor=compressor)
+        engine = sim.build(cfg)
+        return engine.run(2)[-1]["bits_per_agent"], engine.model.Pbuf
+
+    (local, pbuf), (gossip, _) = bits("local"), bits("gossip")
+    assert pbuf > 0 and gossip - local == 2 * 2 * 32 * pbuf  # 2 rounds, 2 ring neighbours, 32 bits a float
+
+
+@pytest.mark.parametrize("algorithm", ["local", "allreduce", "adacons"])
+def test_gossiped_batchnorm_statistics_need_links(algorithm):
+    with pytest.raises(ConfigError, match=f"bn=gossip .* algorithm {algorithm} .*: give bn=local"):
+        sim.Config.from_dict(dict(algorithm=algorithm, bn="gossip", model="resnet20"))
 
 
 def test_same_seed_same_numbers(tmp_path):

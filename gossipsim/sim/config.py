@@ -27,6 +27,9 @@ PARTITIONS = ("iid", "dirichlet", "shards")
 SCHEDULES = ("constant", "multistep", "cosine")
 DTYPES = ("float32", "float64")
 COMPILE = ("off", "oracle", "round", "graph")
+# bn=gossip mixes BatchNorm statistics over the topology's links; these algorithms use none
+NO_LINKS = {"local": "sends nothing", "allreduce": "averages by an all-reduce",
+            "adacons": "aggregates by an all-reduce"}
 # Keys where the word "none" is a value (norm=none: no normalization layers) or a mistake the key's own check names
 # (compressor=none: identity sends uncompressed), not "unset, take the default" as for the other nullable keys.
 NONE_IS_A_WORD = ("norm", "compressor")
@@ -167,6 +170,9 @@ class Config:
         _choice("partition", self.partition, PARTITIONS)
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("bn", self.bn, ("local", "gossip"))
+        if self.bn == "gossip" and self.algorithm in NO_LINKS:
+            raise ConfigError(f"bn=gossip mixes the BatchNorm statistics over the topology's links each round; "
+                              f"algorithm {self.algorithm} {NO_LINKS[self.algorithm]}: give bn=local")
         _choice("backend", self.backend, ("auto", "vmap", "loop", "chunked"))
         _choice("compile", self.compile, COMPILE)
         _choice("autocast", self.autocast, ("off", "bf16"))

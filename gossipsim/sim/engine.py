@@ -25,7 +25,7 @@ from ..errors import ConfigError, Diverged
 from ..graphs import Topology
 from . import checkpoint as ckpt
 from . import data as data_mod
-from .algorithms import Algorithm, Round
+from .algorithms import Algorithm, Round, gossip_bits
 from .config import plain_items
 from .graphed import GraphedRound
 from .metrics import Meter, RunDir, consensus_distance
@@ -179,7 +179,10 @@ class Engine:
             return loss, g
 
         state, stats = self.algorithm.step(state, Round(t=t, grad=oracle, mixing=mixing))
-        buffers = mixing(new_buffers[0]) if self.model.bn == "gossip" else new_buffers[0]
+        buffers = new_buffers[0]  # (N, Pbuf)
+        if self.model.bn == "gossip":  # the statistics go uncompressed to each active neighbour: 32 bits a float
+            buffers = mixing(buffers)
+            stats = {**stats, "bits": stats["bits"] + gossip_bits(mixing, buffers.shape[1])}
         return state, buffers, stats
 
     def _prepare_compile(self) -> None:
