@@ -47,6 +47,12 @@ def test_the_stacked_model_and_its_batches():
     loss, g, _ = regress.grad(x, buf, xb, torch.randn(2, 5, 3), "loop")
     assert loss.shape == (2,) and g.shape == x.shape
     assert sim.StackedModel(mlp, np.int64(3)).n == 3
+    for size in (0, 2.5, "2", True):  # 2.5 was taken, and the first chunked grad raised a TypeError
+        one_line(lambda s=size: sim.StackedModel(mlp, 4, chunk_size=s), f"chunk_size must be a whole number >= 1 "
+                                                                          f"of agents, or None, got {size!r}")
+    assert sim.StackedModel(mlp, 4, chunk_size=np.int64(2)).chunk_size == 2
+    one_line(lambda: sim.models.make("mlp", hidden=200), "hidden must be a sequence of layer widths, e.g. "
+                                                         r"\(200, 200\), got 200")
 
 
 def test_an_oracle_that_breaks_the_contract():

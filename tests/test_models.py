@@ -172,3 +172,29 @@ def test_registry() -> None:
     assert models.names() == sorted(models.MODELS)
     assert set(models.names()) == {"mlp", "lenet5", "resnet20", "resnet18", "mobilenet_v2"}
     assert isinstance(models.make("mlp", in_channels=1, image_size=28, num_classes=10), nn.Module)
+
+
+def test_a_registered_factory_gets_the_datasets_shapes(tmp_path, monkeypatch) -> None:
+    """A factory gets the arguments its signature names; one with **kwargs gets all three (it got none, and
+    built its defaults' head whatever the dataset)."""
+    from gossipsim import sim
+
+    seen = {}
+
+    def wrapper(**kw):
+        seen["wrapper"] = kw
+        return models.mlp(**kw)
+
+    def named(num_classes, image_size):
+        seen["named"] = dict(num_classes=num_classes, image_size=image_size)
+        return models.mlp(num_classes=num_classes, image_size=image_size)
+
+    monkeypatch.setitem(models.MODELS, "wrapper", wrapper)
+    monkeypatch.setitem(models.MODELS, "named", named)
+    for name in ("wrapper", "named"):
+        sim.build(sim.Config.from_dict(dict(model=name, dataset="synthetic", agents=2, rounds=1, progress=False,
+                                            out=str(tmp_path / name))))
+    engine_shape = sim.data.load("synthetic", None)[0]
+    c, h, _ = engine_shape.shape
+    assert seen["wrapper"] == dict(in_channels=c, image_size=h, num_classes=engine_shape.classes)
+    assert seen["named"] == dict(num_classes=engine_shape.classes, image_size=h)

@@ -47,7 +47,9 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     if cfg.norm is not None:
         model_args["norm"] = cfg.norm
     accepted = inspect.signature(models.MODELS[cfg.model]).parameters
-    factory = functools.partial(models.make, cfg.model, **{k: v for k, v in model_args.items() if k in accepted})
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):  # a **kwargs factory gets all of them
+        model_args = {k: v for k, v in model_args.items() if k in accepted}
+    factory = functools.partial(models.make, cfg.model, **model_args)
     model = StackedModel(factory, cfg.agents, backend=cfg.backend, chunk_size=cfg.chunk_size or None, bn=cfg.bn,
                          autocast=None if cfg.autocast == "off" else torch.bfloat16)
     algo = algorithms.make(cfg.algorithm, **_hyper(cfg, model.param_sizes))

@@ -71,13 +71,14 @@ class StackedModel:
             raise ConfigError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
         if bn not in BN_MODES:
             raise ConfigError(f"unknown bn mode {bn!r}; accepted: {', '.join(BN_MODES)}")
-        if chunk_size is not None and chunk_size < 1:
-            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral)
+                                       or chunk_size < 1):
+            raise ConfigError(f"chunk_size must be a whole number >= 1 of agents, or None, got {chunk_size!r}")
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ConfigError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
         self.factory, self.n, self.bn, self.loss_fn, self.autocast = factory, n, bn, loss_fn, autocast
         self.backend = backend
-        self.chunk_size = chunk_size or max(1, n // 4)
+        self.chunk_size = int(chunk_size) if chunk_size else max(1, n // 4)
         with torch.device("meta"):
             self.template = factory()
         if not isinstance(self.template, nn.Module):

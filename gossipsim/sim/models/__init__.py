@@ -43,8 +43,10 @@ def make(name: str, **kwargs: object) -> nn.Module:
         raise ConfigError(f"unknown model {name!r}; accepted: {', '.join(names())}")
     factory = MODELS[name]
     # Checked here, not left to a TypeError, because names and keys usually come from a config file.
-    accepted = list(inspect.signature(factory).parameters)
-    unknown = [key for key in kwargs if key not in accepted]
+    params = inspect.signature(factory).parameters
+    accepted = list(params)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [] if takes_any else [key for key in kwargs if key not in accepted]
     if unknown:
         raise ConfigError(
             f"model {name!r} does not take {', '.join(map(repr, unknown))}; accepted: {', '.join(accepted)}"

@@ -7,7 +7,7 @@ count that paper reports.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -59,6 +59,8 @@ def mlp(
             f"in_features={in_features} contradicts in_channels*image_size**2={derived}; give only one"
         )
     in_features = in_features if in_features is not None else derived if derived is not None else 784
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Iterable):
+        raise ConfigError(f"hidden must be a sequence of layer widths, e.g. (200, 200), got {hidden!r}")
     hidden = tuple(hidden)
     check_positive(in_features=in_features, num_classes=num_classes)
     check_positive(**{f"hidden[{i}]": h for i, h in enumerate(hidden)})
