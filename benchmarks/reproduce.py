@@ -23,6 +23,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+from gossipsim.errors import Diverged
 from gossipsim.sim import Config, build
 from gossipsim.sim.config import load_toml
 
@@ -66,14 +67,25 @@ FILES = {"compression": "compression_ring16", "leaders": "leaders_er16", "allred
 
 
 def run(values: dict, out: Path) -> dict:
-    """One run's final evaluation row, trained now or read back from its summary.json."""
+    """One run's final evaluation row, trained now or read back from its summary.json. A run that diverged
+    gives its last good evaluation with "diverged": the round its loss or parameters became NaN or Inf."""
     summary = out / "summary.json"
-    if summary.exists():
-        return json.loads(summary.read_text())["final"]
-    if out.exists():  # a run interrupted before its end: start it again rather than append to its metrics
-        shutil.rmtree(out)
-    engine = build(Config.from_dict({**values, "out": str(out), "progress": False}))
-    return engine.run(int(values.get("rounds", Config().rounds)))[-1]
+    if not summary.exists():
+        if out.exists():  # a run interrupted before its end: start it again rather than append to its metrics
+            shutil.rmtree(out)
+        engine = build(Config.from_dict({**values, "out": str(out), "progress": False}))
+        try:
+            engine.run(int(values.get("rounds", Config().rounds)))
+        except Diverged:
+            pass  # recorded in summary.json; the other runs go on
+    done = json.loads(summary.read_text())
+    return {**done["final"], "diverged": done["diverged"]["round"]} if "diverged" in done else done["final"]
+
+
+def said(final: dict) -> str:
+    if "diverged" in final:
+        return f"diverged at round {final['diverged']}"
+    return f"{100 * final['test_acc']:.2f}% ({final['samples_per_s']:.0f} samples/s)"
 
 
 def out_dir(root: Path, name: str, label: str, seed: int) -> Path:
@@ -99,8 +111,7 @@ def train_all(tasks: list[tuple[dict, Path]], jobs: int) -> None:
         futures = {pool.submit(run, values, out): out for values, out in todo}
         for done in concurrent.futures.as_completed(futures):
             final = done.result()
-            print(f"{futures[done]}: {100 * final['test_acc']:.2f}% "
-                  f"({final['samples_per_s']:.0f} samples/s)", flush=True)
+            print(f"{futures[done]}: {said(final)}", flush=True)
 
 
 def main() -> None:
@@ -147,8 +158,11 @@ def main() -> None:
             finals = []
             for seed in seeds:
                 finals.append(run({**base, **keys, "seed": seed}, out_dir(Path(args.out), name, label, seed)))
-                print(f"{name} | {label} | seed {seed}: {100 * finals[-1]['test_acc']:.2f}% "
-                      f"({finals[-1]['samples_per_s']:.0f} samples/s)", flush=True)
+                print(f"{name} | {label} | seed {seed}: {said(finals[-1])}", flush=True)
+            diverged = {seed: f["diverged"] for seed, f in zip(seeds, finals) if "diverged" in f}
+            if diverged:  # its last good evaluation is no final accuracy, and its bits stopped there
+                rows.append(dict(label=label, keys=keys, seeds=seeds, diverged=diverged))
+                continue
             accs = [100 * f["test_acc"] for f in finals]
             rows.append(dict(label=label, keys=keys, seeds=seeds, acc=accs,
                              acc_mean=statistics.mean(accs), acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
@@ -167,9 +181,14 @@ def table(rows: list[dict]) -> str:
     lines = [f"| run | test acc ({'seed ' + str(ref['seeds'][0]) if one else 'mean ± std'}) | vs first | "
              "bits per agent | vs first | sparsity |", "|---|---|---|---|---|---|"]
     for r in rows:
+        if "diverged" in r:
+            at = ", ".join(f"seed {seed} at round {t}" for seed, t in r["diverged"].items())
+            lines.append(f"| {r['label']} | diverged ({at}) | – | – | – | – |")
+            continue
         spread = "" if one else f" ± {r['acc_std']:.2f}"
-        lines.append(f"| {r['label']} | {r['acc_mean']:.2f}{spread}% "
-                     f"| {r['acc_mean'] - ref['acc_mean']:+.2f} | {r['bits']:.3g} | {r['bits'] / ref['bits']:.3g}x "
+        vs_acc, vs_bits = ("–", "–") if "diverged" in ref else \
+            (f"{r['acc_mean'] - ref['acc_mean']:+.2f}", f"{r['bits'] / ref['bits']:.3g}x")
+        lines.append(f"| {r['label']} | {r['acc_mean']:.2f}{spread}% | {vs_acc} | {r['bits']:.3g} | {vs_bits} "
                      f"| {r['sparsity']:.3f} |")
     return "\n".join(lines)
 

@@ -96,3 +96,27 @@ def test_a_failed_graph_contestant_costs_its_column_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| mlp | 4 | 32 | 199,210 |" in proc.stdout and "| failed (below) | | |" in proc.stdout
     assert "compile=graph failed for mlp N=4: ConfigError: compile=graph replays one captured round" in proc.stdout
+
+
+def test_reproduce_records_a_diverged_run_and_goes_on(tmp_path):
+    """A diverged run stopped the whole reproduction with a traceback, and read back, its last good evaluation
+    passed for a final accuracy (with its bits cut short in the ratio)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("reproduce", path)
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    keys = dict(agents=4, rounds=40, eval_every=10, dataset="synthetic", model="mlp", batch_size=8, seed=0,
+                momentum=0.9)
+    blown = reproduce.run({**keys, "lr": 50.0}, tmp_path / "blown")  # trained now
+    assert blown == reproduce.run({**keys, "lr": 50.0}, tmp_path / "blown")  # read back alike
+    fine = reproduce.run({**keys, "lr": 0.05}, tmp_path / "fine")
+    at = blown["diverged"]
+    assert 0 < at < 40 and "diverged" not in fine
+    rows = [dict(label="fine", seeds=[0], acc_mean=100 * fine["test_acc"], acc_std=0.0,
+                 bits=fine["bits_per_agent"], sparsity=0.0), dict(label="blown", seeds=[0], diverged={0: at})]
+    assert reproduce.table(rows).splitlines()[-1] == f"| blown | diverged (seed 0 at round {at}) | – | – | – | – |"
+    assert "| – |" not in reproduce.table(rows).splitlines()[-2]
+    assert reproduce.table(rows[::-1]).splitlines()[-1].count("| – |") == 2  # no ratio to a diverged first row
