@@ -13,7 +13,9 @@ those images from the device-resident uint8 dataset and normalize them, then tra
   naive                  tests/reference/naive.py: N nn.Modules, N torch.optim.SGD, per-edge gossip sums,
                          i.e. how existing simulators run agents (float32 here, like the engine);
   limit                  ONE nn.Module trained with torch.optim.SGD on the N*B samples as one batch:
-                         the same arithmetic with shared weights, which no per-agent scheme can beat.
+                         the same arithmetic with shared weights. The reference, not a bound: ResNet-20
+                         beats it at N = 16 on 2 CPU cores and at N = 256 on an H100, where one batch of
+                         N*B runs slower than N batches of B.
 Throughput is N*B samples per round / median seconds per round, after warm-up rounds, over as many
 rounds as fit in a minimum time; "best" in the ratios is the fastest engine column (vmap, loop, chunked,
 and with --graph the vmap engine replaying its round as a CUDA graph: the same kernels, the same numbers;

@@ -67,15 +67,32 @@ def test_a_quick_bench_never_writes_over_the_full_report(tmp_path, monkeypatch):
     assert (tmp_path / "benchmarks" / "RESULTS-quick.md").read_text().startswith("# Benchmark results")
     assert (tmp_path / "benchmarks" / "results-quick").is_dir() and not (tmp_path / "benchmarks" / "results").exists()
     assert bench.run(quick=False, device="cpu")[0] == full and full.read_text().startswith("# Benchmark results")
+    # a GPU's raw numbers go apart: they wrote over the CPU report's
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench, "describe_device", lambda dev: "a GPU")
+    assert bench.run(quick=False, device="cuda")[0] == tmp_path / "benchmarks" / "RESULTS-cuda.md"
+    assert sorted(p.name for p in (tmp_path / "benchmarks").glob("results*")) == ["results", "results-cuda",
+                                                                                  "results-quick"]
 
 
-def test_scaling_plot_from_throughput_json(tmp_path):
-    rates = {"vmap": 100.0, "loop": 80.0, "chunked": None, "auto": 99.0, "naive": 50.0, "limit": 300.0}
+def test_scaling_plot_from_throughput_json(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    rates = {"vmap": 100.0, "loop": 80.0, "chunked": None, "auto": 199.0, "naive": 50.0, "limit": 300.0}
     rows = [dict(model=m, N=n, samples_per_s={k: v and v * n for k, v in rates.items()})
             for m in ("mlp", "lenet5") for n in (8, 32)]
+    rows += [dict(model="resnet18", N=2, samples_per_s=dict(vmap=43.0, loop=55.0, auto=60.0, naive=53.0, limit=52.0))]
     (tmp_path / "t.json").write_text(json.dumps({"rows": rows}))
+    drawn = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k)))
     bench.scaling_plot(tmp_path / "t.json", tmp_path / "s.png")
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    axes = {ax.get_title(): ax for ax in drawn[0].axes}
+    assert [line.get_ydata()[-1] for line in axes["mlp"].lines] == [3200, 1600, 9600]  # not auto's 199 * 32
+    assert axes["mlp"].get_yscale() == "log"  # 400 to 9,600 samples/s: a log axis has labelled decades
+    assert axes["resnet18"].get_yscale() == "linear" and axes["resnet18"].get_ylim()[0] == 0  # 52 to 55
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="there --device=cuda is a real (long) run")
