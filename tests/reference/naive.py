@@ -56,6 +56,7 @@ class NaiveSimulator:
         order of the matchings that link them where the matchings are given (the official AL-DSGD code's
         lists), else in index order."""
         self.W = W.to(self.dtype)
+        self._w = self.W.tolist()  # Python numbers: what add_'s alpha takes
         n = W.shape[0]
         active = [[j for j in range(n) if j != i and self.W[i, j] != 0] for i in range(n)]
         if self.matchings is not None:
@@ -68,12 +69,14 @@ class NaiveSimulator:
         return self._neighbours[i]
 
     def gossip(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """x_i <- W_ii x_i + sum over edges (i, j) of W_ij x_j, one edge at a time."""
+        """x_i <- W_ii x_i + sum over edges (i, j) of W_ij x_j, one edge at a time, into one buffer per agent
+        (as a careful per-agent simulator does: a new tensor per edge made the benchmarks' naive MLP round
+        about 10% slower)."""
         out = []
         for i in range(self.n):
-            acc = self.W[i, i] * vectors[i]
+            acc = vectors[i] * self._w[i][i]
             for j in self.neighbours(i):
-                acc = acc + self.W[i, j] * vectors[j]
+                acc.add_(vectors[j], alpha=self._w[i][j])
             out.append(acc)
         return out
 
