@@ -42,11 +42,11 @@ def paths(topo) -> dict[str, Mixing]:
 
 def main() -> None:
     args = arguments(__doc__, Path(__file__).with_name("gossip.json"))
-    device = torch.device(args.device)
+    device = args.device
     if device.type == "cpu":
         keep_freed_memory()  # as the engine does: else every fresh output is page-faulted in
-    agents = [int(a) for a in (args.agents or ("64,256" if args.quick else "64,256,1024")).split(",")]
-    params = [int(p) for p in (args.params or ("60000" if args.quick else "60000,270000")).split(",")]
+    agents = args.agents or ([64, 256] if args.quick else [64, 256, 1024])
+    params = args.params or ([60000] if args.quick else [60000, 270000])
     min_time = args.min_time or (0.3 if args.quick else 1.0)
     print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")

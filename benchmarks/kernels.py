@@ -61,14 +61,14 @@ def cases(n: int, p: int, device):
 
 def main() -> None:
     args = arguments(__doc__, Path(__file__).with_name("kernels.json"))
-    device = torch.device(args.device)
+    device = args.device
     if device.type == "cpu":
         keep_freed_memory()
-        default_agents, default_params = ("64", "60000") if args.quick else ("128", "272000")
+        default_agents, default_params = ([64], [60000]) if args.quick else ([128], [272000])
     else:
-        default_agents, default_params = ("256", "270000") if args.quick else ("64,256,1024", "60000,270000,11000000")
-    agents = [int(a) for a in (args.agents or default_agents).split(",")]
-    params = [int(p) for p in (args.params or default_params).split(",")]
+        default_agents, default_params = ([256], [270000]) if args.quick else \
+            ([64, 256, 1024], [60000, 270000, 11000000])
+    agents, params = args.agents or default_agents, args.params or default_params
     impls = ["torch", "triton"] if device.type == "cuda" and ops.triton_available() else ["torch"]
     min_time = args.min_time or (0.3 if args.quick else 1.0)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None

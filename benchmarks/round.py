@@ -38,12 +38,11 @@ CASES = [
 
 def main() -> None:
     args = arguments(__doc__, Path(__file__).with_name("round.json"), graphs=True)
-    device = torch.device(args.device)
+    device = args.device
     if device.type == "cpu":
         keep_freed_memory()
-    default_n = ("16" if args.quick else "16,64") if device.type == "cpu" else ("1024" if args.quick else "256,1024")
-    agents = [int(a) for a in (args.agents or default_n).split(",")]
-    params = [int(p) for p in (args.params or "272474").split(",")]
+    default_n = ([16] if args.quick else [16, 64]) if device.type == "cpu" else ([1024] if args.quick else [256, 1024])
+    agents, params = args.agents or default_n, args.params or [272474]
     specs = (args.graphs or ("ring" if args.quick else "ring,torus,exponential")).split(",")
     min_time = args.min_time or (0.3 if args.quick else 1.0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"

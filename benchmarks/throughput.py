@@ -53,6 +53,10 @@ from gossipsim.sim.engine import Engine  # noqa: E402
 from gossipsim.sim.model import StackedModel, keep_freed_memory  # noqa: E402
 from tests.reference.naive import NaiveSimulator  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from timing import counts, positive  # noqa: E402  (benchmarks/timing.py, beside this script)
+from timing import device as device_type  # noqa: E402
+
 # name -> (zoo model, its keyword arguments, (C, H, W) of the inputs)
 MODELS = {
     "mlp": ("mlp", {}, (1, 28, 28)),
@@ -82,9 +86,9 @@ waited = 0.0
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--quick", action="store_true", help="fewer agent counts and shorter timing (< 2 min)")
 parser.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
-parser.add_argument("--agents", default=None, help="comma list of N for every model (default: per model)")
-parser.add_argument("--batch", type=int, default=32, help="per-agent batch size B")
-parser.add_argument("--device", default="cpu")
+parser.add_argument("--agents", type=counts, default=None, help="comma list of N for every model (default: per model)")
+parser.add_argument("--batch", type=positive, default=32, help="per-agent batch size B")
+parser.add_argument("--device", type=device_type, default="cpu")
 parser.add_argument("--json", default=str(ROOT / "benchmarks" / "throughput.json"))
 parser.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing (at least 2)")
 parser.add_argument("--min-time", type=float, default=None, help="seconds of timed rounds per contestant")
@@ -103,7 +107,7 @@ parser.add_argument("--no-malloc-tuning", action="store_true",
                     help="skip keep_freed_memory(), to measure what glibc's default allocator costs")
 args = parser.parse_args()
 
-device = torch.device(args.device)
+device = args.device
 names = [m.strip() for m in args.models.split(",") if m.strip()]
 unknown = [m for m in names if m not in MODELS]
 if unknown:
@@ -371,7 +375,7 @@ rows = []
 for name in names:
     per_model = {(False, False): AGENTS, (True, False): AGENTS_QUICK, (False, True): AGENTS_CUDA,
                  (True, True): AGENTS_CUDA_QUICK}[args.quick, device.type == "cuda"]
-    agent_counts = [int(a) for a in args.agents.split(",")] if args.agents else per_model[name]
+    agent_counts = args.agents or per_model[name]
     for n in agent_counts:
         row = bench_row(name, n, args.batch)
         rows.append(row)

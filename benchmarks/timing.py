@@ -25,13 +25,40 @@ def timed(fn, device: torch.device, min_time: float) -> float:
     return statistics.median(times)
 
 
+def counts(text: str) -> list[int]:
+    """An argparse type: a comma list of positive integers, "64,256" -> [64, 256]."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: accepted: positive integers separated by commas, like 64,256")
+    return values
+
+
+def positive(text: str) -> int:
+    """An argparse type: a positive integer."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: accepted: a positive integer")
+    return int(text)
+
+
+def device(text: str) -> torch.device:
+    """An argparse type: cpu, or cuda where torch sees a CUDA device."""
+    if text.partition(":")[0] not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: accepted: cpu, cuda")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: torch sees no CUDA device; accepted here: cpu")
+    return torch.device(text)
+
+
 def arguments(doc: str, json_path: Path, graphs: bool = False) -> argparse.Namespace:
     """--quick, --agents, --params, --device, --min-time and --json (and --graphs), from the command line."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--agents", default=None)
-    ap.add_argument("--params", default=None)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--agents", type=counts, default=None, help="comma list of N")
+    ap.add_argument("--params", type=counts, default=None, help="comma list of P")
+    ap.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of repeats per measurement")
     ap.add_argument("--json", default=str(json_path))
     if graphs:

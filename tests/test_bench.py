@@ -137,3 +137,18 @@ def test_reproduce_records_a_diverged_run_and_goes_on(tmp_path):
     assert reproduce.table(rows).splitlines()[-1] == f"| blown | diverged (seed 0 at round {at}) | – | – | – | – |"
     assert "| – |" not in reproduce.table(rows).splitlines()[-2]
     assert reproduce.table(rows[::-1]).splitlines()[-1].count("| – |") == 2  # no ratio to a diverged first row
+
+
+@pytest.mark.parametrize("script,flag,said", [("round.py", "--agents=16,x", "--agents: '16,x': accepted: positive "
+                                                                             "integers separated by commas"),
+                                              ("throughput.py", "--batch=0", "--batch: '0': accepted: a positive "
+                                                                             "integer")])
+def test_a_benchmark_scripts_bad_flag_is_one_usage_line(script, flag, said):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), flag], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"{script}: error: argument {said}" in done.stderr
+    assert "Traceback" not in done.stderr
