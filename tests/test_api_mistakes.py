@@ -82,6 +82,9 @@ def test_compressors():
     one_line(lambda: kernels.sign().roundtrip(torch.tensor([[1, 2, 4, -3]])), "sign compresses floating-point "
                                                                               "rows, got torch.int64")
     r = torch.randn(3, 10)
+    for comp in (kernels.identity(per="layer"), kernels.top_k(0.5, per="layer")):  # identity took any sizes
+        one_line(lambda c=comp: c.roundtrip(r), r"\(per='layer'\) needs the layer sizes")
+        one_line(lambda c=comp: c.with_layers((3, 4)).roundtrip(r), "layer sizes sum to 7 but rows have 10")
     one_line(lambda: kernels.identity().decompress(r), "identity: decompress and bits take what compress "
                                                        "returns \\(a Dense\\), got Tensor")
     one_line(lambda: kernels.top_k(0.5).bits(r), r"top_k\(0.5\): decompress and bits take .*\(a Sparse\)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gossipsim import ConfigError, graphs, kernels
+from gossipsim import ConfigError, graphs, kernels, sim
 from gossipsim.kernels import ops
 from gossipsim.kernels.compressors import expand, kept
 
@@ -141,7 +141,7 @@ def test_sign_and_identity_kernels(n, p, layers, fresh_seed, use_triton):
         torch.testing.assert_close(hh.cpu(), expect, rtol=1e-5, atol=1e-5, msg=lambda s: f"seed {fresh_seed}: {s}")
 
 
-def test_dispatch(monkeypatch):
+def test_dispatch(monkeypatch, tmp_path):
     x = torch.zeros(2, 3)
     monkeypatch.setenv("GOSSIPSIM_KERNELS", "torch")
     assert kernels.backend(x) == "torch"
@@ -154,6 +154,11 @@ def test_dispatch(monkeypatch):
     monkeypatch.setenv("GOSSIPSIM_KERNELS", "cuda")
     with pytest.raises(ConfigError, match="'cuda' is not one of torch, triton"):
         kernels.backend(x)
+    out = tmp_path / "run"  # a run is refused before it writes anything (it was at its first compressed round)
+    cfg = sim.Config.from_dict(dict(algorithm="choco", agents=2, rounds=1, progress=False, out=str(out)))
+    with pytest.raises(ConfigError, match="'cuda' is not one of torch, triton"):
+        sim.build(cfg)
+    assert not out.exists()
     monkeypatch.delenv("GOSSIPSIM_KERNELS")
     assert kernels.backend(x) == ("triton" if x.is_cuda else "torch")
     assert expand(torch.ones(2, 1), (3,)).shape == (2, 3)

@@ -110,12 +110,13 @@ class Compressor:
         return self.layers
 
     def check(self, r: torch.Tensor) -> None:
-        """r must be (N, P), a row an agent, P >= 1."""
+        """r must be (N, P), a row an agent, P >= 1, of floats; per="layer", the layer sizes must sum to P."""
         if r.dim() != 2 or r.shape[1] < 1:
             raise ConfigError(f"{self.name} compresses an (N, P) tensor, a row an agent with P >= 1; got shape "
                               f"{tuple(r.shape)}")
         if not r.is_floating_point():  # integer rows would be rounded silently (sign's scale) or fail deep in torch
             raise ConfigError(f"{self.name} compresses floating-point rows, got {r.dtype}")
+        self.segments(r.shape[1])  # per="layer": the layer sizes are given and cover the row (identity ignored them)
 
     def compress(self, r: torch.Tensor, generator: torch.Generator | None = None):
         """Each agent's message for its row of r (N, P)."""
@@ -309,10 +310,11 @@ class RandK(Compressor):
             start += d
         indices = torch.cat(parts, 1)  # (N, K)
         values = r.gather(1, indices)
-        if self.scaled:
-            scale = torch.cat([torch.full((k,), d / k, dtype=r.dtype, device=r.device)
+        if self.scaled:  # d/k in at least float32: bf16 rounds 1000/3 to 334
+            work = torch.promote_types(r.dtype, torch.float32)
+            scale = torch.cat([torch.full((k,), d / k, dtype=work, device=r.device)
                                for d, k in zip(self.segments(width), self.ks(width))])
-            values = values * scale
+            values = (values * scale).to(r.dtype)
         return Sparse(values, indices, width)
 
     decompress = TopK.decompress
@@ -353,8 +355,12 @@ class QSGD(Compressor):
         return 1 / (1 + min(d / s**2, math.sqrt(d) / s)) if self.scaled else 1.0
 
     def _compress(self, r, generator=None):
-        u = torch.rand(r.shape, generator=generator, device=r.device, dtype=r.dtype)  # (N, P)
-        return self.quantize(r, u)
+        # Half precision is quantized in float32, its scales sent in its own dtype: in bf16 arithmetic (an 8-bit
+        # mantissa) the stochastic rounding was biased by about 2% of a level.
+        work = r.to(torch.promote_types(r.dtype, torch.float32))
+        u = torch.rand(work.shape, generator=generator, device=r.device, dtype=work.dtype)  # (N, P)
+        message = self.quantize(work, u)
+        return message._replace(scales=message.scales.to(r.dtype))
 
     def norms(self, r: torch.Tensor) -> torch.Tensor:
         """(N, L) the l2 norm of each segment."""

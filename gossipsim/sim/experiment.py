@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .. import graphs
+from .. import graphs, kernels
 from ..errors import ConfigError
 from . import algorithms, checkpoint, data, local, memory, models
 from .config import ALGORITHM_KEYS, Config, fold_hyper, plain_items, unused_as_default
@@ -29,6 +29,8 @@ def build(cfg: Config, **engine_kwargs: Any) -> Engine:
         raise ConfigError(f"norm={cfg.norm!r}: {cfg.model} has no normalization layers to choose; models that "
                           f"take norm: {', '.join(takes)}")
     device = torch.device(cfg.device)
+    # GOSSIPSIM_KERNELS is read at the first compressed round: a bad value must fail before the run directory
+    kernels.backend(torch.empty(0, dtype=getattr(torch, cfg.dtype), device=device))
     if device.type == "cpu":
         keep_freed_memory()
     options = dict(image_size=cfg.image_size) if cfg.dataset == "imagefolder" else {}
