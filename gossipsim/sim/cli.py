@@ -256,8 +256,10 @@ def cmd_graphs(argv: list[str]) -> int:
         gap = f"{float(graphs.spectral_gap(W)):.4f}" if static else "-"
         r = graphs.rho_per_round(topo)
         if r < 1e-12:  # exact averaging, within one period of a periodic schedule: the first round it is reached
-            steps, product, J = 0, torch.eye(topo.n, dtype=torch.float64), torch.full((topo.n, topo.n), 1 / topo.n)
-            while float(torch.linalg.matrix_norm(product - J, ord=2)) >= 1e-12:
+            J = torch.full((topo.n, topo.n), 1 / topo.n, dtype=torch.float64)  # as rho's (float32's 1/3 never was)
+            steps, product = 0, torch.eye(topo.n, dtype=torch.float64)
+            period = topo.period if isinstance(topo, graphs.Periodic) else 1  # where rho found it: no later
+            while steps < period and float(torch.linalg.matrix_norm(product - J, ord=2)) >= 1e-12:
                 product, steps = topo.mixing(steps).dense().cpu().double() @ product, steps + 1
         else:
             steps = math.ceil(math.log(1e-2) / math.log(r)) if r < 1 else math.inf
