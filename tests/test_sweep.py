@@ -228,6 +228,14 @@ def test_groups_fill_in_factory_defaults_and_never_hide_a_group(tmp_path, capsys
     labels = group(apart)
     assert sorted(r.path.name for v in labels.values() for r in v) == ["d", "e", "f"], labels
     assert len(labels) == 3
+    # a config.json without a key added since (autocast) is that key's default: the sweep counts such a run
+    # unchanged, and plot split it off
+    older = [run("j", 0, autocast="off", compressor=None), run("k", 1, compressor=None)]
+    assert [len(v) for v in group(older).values()] == [2]
+    # MALCOM-PSGD compresses with a compressor of its own when none is given: compress_per tells two experiments
+    malcom = [run(n, 0, algorithm="malcom_psgd", compressor=None, compress_per=per)
+              for n, per in (("l", "model"), ("m", "layer"))]
+    assert sorted(group(malcom)) == ["compress_per=layer", "compress_per=model"]
     # a run that stops early cuts its group's curve, and plot says so; copies of one seed are not seeds
     plot([run("g", 0), run("h", 1, rounds=(0, 2)), run("i", 1)], tmp_path / "p.png")
     err = capsys.readouterr().err

@@ -133,11 +133,17 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def group(runs: list[Run]) -> dict[str, list[Run]]:
     """Runs grouped by experiment (config without seed and execution keys), labelled by the keys that differ."""
+    from .config import Config, unused_as_default  # here: config imports torch
+
     fields = _config_keys()
+    defaults = json.loads(json.dumps(Config().to_dict(), default=str))  # as config.json holds them
+    defaults.pop("hyper", None)
 
     def key(run: Run) -> tuple:
         hyper = run.config.get("hyper") or {}  # an entry each, so that a label names the one that differs
-        config = {k: v for k, v in run.config.items() if k != "hyper"}
+        # a key the run lacks (an earlier version's config.json) or one that does not apply (alpha with an iid
+        # partition) is at its default: what it meant, as a sweep reads it (experiment.changed_settings)
+        config = unused_as_default({**defaults, **{k: v for k, v in run.config.items() if k != "hyper"}})
         config.update({f"hyper.{k}": v for k, v in hyper.items()})
         # a key left at its factory's default is the same experiment as one set to that value (choco's gamma
         # unset or 0.5): fill in what the factory took
@@ -145,8 +151,8 @@ def group(runs: list[Run]) -> dict[str, list[Run]]:
             name = k if k in fields else f"hyper.{k}"  # a registered algorithm's own: in its hyper table
             if config.get(name) is None:
                 config[name] = v
-        if config.get("compressor") is None:  # compress_per means nothing without a compressor
-            config.pop("compress_per", None)
+        if config.get("compressor") is None and not _compresses_by_default(config.get("algorithm")):
+            config.pop("compress_per", None)  # it means nothing without a compressor (MALCOM-PSGD has one unset)
         return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in NOT_THE_EXPERIMENT))
 
     groups: dict[tuple, list[Run]] = {}
@@ -179,6 +185,17 @@ def _config_keys() -> set[str]:
     from .config import Config  # here: config imports the graphs, and with them torch
 
     return {f.name for f in dataclasses.fields(Config)}
+
+
+def _compresses_by_default(algorithm: Any) -> bool:
+    """Whether the algorithm's factory has a compressor of its own when none is given."""
+    from .. import kernels
+    from . import algorithms
+
+    try:
+        return isinstance(algorithms.hyperparameters(algorithm).get("compressor"), kernels.Compressor)
+    except (ConfigError, TypeError):  # an algorithm no longer registered (a run of one's own, not imported)
+        return False
 
 
 def _factory_values(run: Run) -> dict[str, Any]:
