@@ -290,6 +290,11 @@ def test_a_finished_run_is_extended_not_resumed_again(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", f"--resume={run}"]) == 2
     assert "has its 2 rounds already; give the total it should reach to extend it" in capsys.readouterr().err
+    written = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    assert main(["run", f"--resume={run}", "--eval_every=1", "--tensorboard=true"]) == 2  # refused, files kept
+    assert "is at round 2 of rounds=2: nothing is left to run with eval_every=1, tensorboard=True" in \
+        capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in run.iterdir()} == written  # config.json was rewritten, tensorboard/ made
     assert main(["run", *args, f"--out={run}"]) == 2  # the same out again
     assert f"already holds a run (metrics.jsonl); continue or extend it with --resume={run}" in \
         capsys.readouterr().err

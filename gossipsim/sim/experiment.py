@@ -129,6 +129,11 @@ def resume(run_dir: str | Path, **overrides: Any) -> Engine:
     if cfg.rounds < state["round"]:
         raise ConfigError(f"rounds={cfg.rounds} is before the checkpoint's round {state['round']}; give the total "
                           f"number of rounds the run should reach")
+    changed = changed_settings(old, cfg, ignore=("out",))
+    if cfg.rounds == state["round"] and changed:  # refused before build rewrites the run's config.json
+        raise ConfigError(f"the run in {run_dir} is at round {cfg.rounds} of rounds={cfg.rounds}: nothing is left "
+                          f"to run with {', '.join(f'{k}={getattr(cfg, k)!r}' for k in changed)}; give the total it "
+                          f"should reach to extend it: rounds={2 * cfg.rounds}, say")
     return build(cfg, resume=state)
 
 
