@@ -99,6 +99,11 @@ def test_groups_over_seeds_and_their_bands(tmp_path, sweep_file):
     ("rounds = 2\n", "needs a [grid] table"),
     ("[grid]\nseed = 0\n", "grid key seed must be a non-empty list"),
     ("[grid]\nseed = [0, 0]\n", "lists a value twice"),
+    ("[grid]\nlr = [1, 1.0]\n", "grid points lr=1 and lr=1.0 are one experiment (their values read alike)"),
+    # found by build() once the points before had run
+    ("[grid]\neval_samples = [100, 5000]\n", "sweep point eval_samples=5000: eval_samples=5000: the synthetic test "
+                                              "set has 2000 samples"),
+    ("[grid]\nnorm = ['bn', 'gn']\n", "sweep point norm=bn: norm='bn': mlp has no normalization layers"),
     ("[grid]\nalgorithm = ['dsgd', 'chocco']\n", "sweep point algorithm=chocco: unknown algorithm 'chocco' "
                                                  "(did you mean 'choco'?)"),
     ("[grid]\nseed = [0]\n[choc]\ngamma = 1\n", "table [choc] is not [grid] nor an algorithm (did you mean [choco]?)"),

@@ -182,6 +182,10 @@ class Config:
                               f"computations), got dtype={self.dtype}")
         if self.norm is not None:
             _choice("norm", self.norm, ("bn", "gn", "none"))
+            if "norm" not in inspect.signature(models.MODELS[self.model]).parameters:
+                takes = [m for m in models.names() if "norm" in inspect.signature(models.MODELS[m]).parameters]
+                raise ConfigError(f"norm={self.norm!r}: {self.model} has no normalization layers to choose; models "
+                                  f"that take norm: {', '.join(takes)}")
         for key, low in (("agents", 2), ("rounds", 1), ("batch_size", 1), ("eval_every", 1),
                          ("shards_per_agent", 1), ("warmup", 0), ("chunk_size", 0), ("eval_samples", 0),
                          ("image_size", 1), ("checkpoint_every", 0), ("every", 1)):

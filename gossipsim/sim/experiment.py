@@ -24,24 +24,13 @@ from .model import StackedModel, keep_freed_memory
 
 def build(cfg: Config, **engine_kwargs: Any) -> Engine:
     """Load data, partition it, build model, topology and algorithm, and return the Engine."""
-    if cfg.norm is not None and "norm" not in inspect.signature(models.MODELS[cfg.model]).parameters:
-        takes = [m for m in models.names() if "norm" in inspect.signature(models.MODELS[m]).parameters]
-        raise ConfigError(f"norm={cfg.norm!r}: {cfg.model} has no normalization layers to choose; models that "
-                          f"take norm: {', '.join(takes)}")
     device = torch.device(cfg.device)
     # GOSSIPSIM_KERNELS is read at the first compressed round: a bad value must fail before the run directory
     kernels.backend(torch.empty(0, dtype=getattr(torch, cfg.dtype), device=device))
     if device.type == "cpu":
         keep_freed_memory()
-    options = dict(image_size=cfg.image_size) if cfg.dataset == "imagefolder" else {}
-    train, test = data.load(cfg.dataset, cfg.data_dir, device=device, **options)
-    if cfg.eval_samples > len(test.y):  # capping it would leave config.json naming samples never evaluated
-        raise ConfigError(f"eval_samples={cfg.eval_samples}: the {cfg.dataset} test set has {len(test.y)} samples; "
-                          f"accepted: 1 to {len(test.y)}, or 0 for all of them")
-    if cfg.eval_samples:
-        test = dataclasses.replace(test, x=test.x[:cfg.eval_samples], y=test.y[:cfg.eval_samples])
-    part = data.partition(train.y.cpu(), cfg.agents, cfg.partition, alpha=cfg.alpha,
-                          shards_per_agent=cfg.shards_per_agent, seed=cfg.seed)
+    train, test = data.load(cfg.dataset, cfg.data_dir, device=device, **data_options(cfg))
+    test, part = fit_data(cfg, train, test)
     graph_seed = cfg.seed if cfg.graph_seed is None else cfg.graph_seed
     topo = graphs.parse(cfg.topology, cfg.agents, weights=cfg.weights, seed=graph_seed).to(device)
     c, h, _ = train.shape
@@ -107,6 +96,24 @@ def _factory_hyper(cfg: Config | dict[str, Any]) -> tuple[str, dict[str, Any]] |
     except ConfigError:
         return None
     return cfg.algorithm, {k: v for k, v in hyper.items() if k != "lr"}
+
+
+def data_options(cfg: Config) -> dict[str, Any]:
+    """The options data.load takes for cfg's dataset."""
+    return dict(image_size=cfg.image_size) if cfg.dataset == "imagefolder" else {}
+
+
+def fit_data(cfg: Config, train: data.Dataset, test: data.Dataset) -> tuple[data.Dataset, data.Partition]:
+    """cfg's test set (its first eval_samples) and its partition of train: what a run checks against its data
+    (a sweep, for every point before the first runs)."""
+    if cfg.eval_samples > len(test.y):  # capping it would leave config.json naming samples never evaluated
+        raise ConfigError(f"eval_samples={cfg.eval_samples}: the {cfg.dataset} test set has {len(test.y)} samples; "
+                          f"accepted: 1 to {len(test.y)}, or 0 for all of them")
+    if cfg.eval_samples:
+        test = dataclasses.replace(test, x=test.x[:cfg.eval_samples], y=test.y[:cfg.eval_samples])
+    part = data.partition(train.y.cpu(), cfg.agents, cfg.partition, alpha=cfg.alpha,
+                          shards_per_agent=cfg.shards_per_agent, seed=cfg.seed)
+    return test, part
 
 
 def resume(run_dir: str | Path, **overrides: Any) -> Engine:

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, Diverged
-from . import algorithms, checkpoint, results
+from . import algorithms, checkpoint, data, results
 from .config import ALGORITHM_KEYS, CONDITIONAL_KEYS, Config, applies, read_toml
-from .experiment import build, changed_settings, hyperparameters, resume
+from .experiment import build, changed_settings, data_options, fit_data, hyperparameters, resume
 
 
 @dataclass
@@ -92,7 +92,7 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
         raise ConfigError(f"sweep file {str(path)!r}: out = {out!r}; accepted: a directory path in quotes")
     out = Path(out)
     keys = list(grid)
-    points, seen = [], {}
+    points, seen, same = [], {}, {}
     for combo in itertools.product(*grid.values()):
         values = {**data, **dict(zip(keys, combo))}
         algorithm = values.get("algorithm", "dsgd")
@@ -102,7 +102,7 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
         values = {k: v for k, v in values.items() if applies(k, values)}  # alpha only where partition is dirichlet
         name = ",".join(f"{k}={_safe(values[k])}" for k in keys if k in values)
         try:
-            Config.from_dict(values)
+            cfg = Config.from_dict(values)
         except ConfigError as e:
             raise ConfigError(f"sweep point {name}: {e}") from None
         point = json.dumps({k: values[k] for k in keys if k in values}, sort_keys=True, default=str)
@@ -113,6 +113,12 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
                               f"(its characters other than letters, digits and '.' become '_'): {seen[name]} and "
                               f"{point}; give values that differ in those characters")
         seen[name] = point
+        # values alike once read as the config reads them (lr = [1, 1.0]) are one experiment trained twice
+        experiment = json.dumps({**cfg.to_dict(), "out": None}, sort_keys=True, default=str)
+        if experiment in same:
+            raise ConfigError(f"sweep file {str(path)!r}: grid points {same[experiment]} and {name} are one "
+                              f"experiment (their values read alike); list each value once")
+        same[experiment] = name
         values["out"] = str(out / name)
         points.append(Point(name, values))
     for key in [*grid, *data]:  # dropped from every point: a mistake, as a key none of the algorithms takes
@@ -174,6 +180,23 @@ def _changes(run: results.Run, want: Config) -> str:
         (" (a default edited since?)" if edited else "")
 
 
+def _check_data(points: list[Point], states: list[str]) -> None:
+    """What a run checks against its data (its files there and readable, eval_samples within the test set, a
+    partition that can be dealt), for every point to run, before the first runs: each dataset is read once."""
+    loaded: dict[str, tuple[data.Dataset, data.Dataset]] = {}
+    for point, state in zip(points, states):
+        if state == "done":
+            continue
+        cfg = Config.from_dict(point.values)
+        where = json.dumps([cfg.dataset, cfg.data_dir, data_options(cfg)])
+        try:
+            if where not in loaded:
+                loaded[where] = data.load(cfg.dataset, cfg.data_dir, **data_options(cfg))
+            fit_data(cfg, *loaded[where])
+        except ConfigError as e:
+            raise ConfigError(f"sweep point {point.name}: {e}") from None
+
+
 def run(path: str | Path, progress: bool = True) -> Path:
     """Run the sweep in `path`; returns results.csv's path."""
     out, keys, points = load(path)
@@ -183,6 +206,7 @@ def run(path: str | Path, progress: bool = True) -> Path:
             was = _changes(results.load_run(point.path), Config.from_dict(point.values))
             raise ConfigError(f"{point.path}: finished with {was}; restore the sweep file, or move that run "
                               f"directory away to run it again")
+    _check_data(points, states)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"
     diverged = 0
