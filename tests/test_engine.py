@@ -79,6 +79,19 @@ def test_same_seed_same_numbers(tmp_path):
     assert other != runs[0]
 
 
+def test_rounds_stepped_by_hand_are_not_in_samples_per_s(tmp_path):
+    """engine.step() outside run() is not timed: its rounds counted in samples/s over run()'s time alone (the
+    summary said 1e14 samples/s after four rounds stepped by hand)."""
+    engine = sim.build(tiny(tmp_path, rounds=5, eval_every=5))
+    for _ in range(3):
+        engine.step()
+    assert engine.evaluate()["samples_per_s"] == 0.0 and engine.summary()["samples_per_s"] == 0.0
+    row = engine.run(2)[-1]
+    assert engine.untimed_rounds == 3 and row["train_time"] == engine.train_time > 0
+    assert row["samples_per_s"] == pytest.approx(2 * 4 * 8 / engine.train_time)
+    assert engine.summary()["samples_per_s"] == pytest.approx(2 * 4 * 8 / engine.train_time)
+
+
 def test_independent_inits_and_learning(tmp_path):
     engine = sim.build(tiny(tmp_path, same_init=False, rounds=1))
     assert engine.history == [] and float(sim.engine.consensus_distance(engine.state.x)) > 0

@@ -92,8 +92,10 @@ class Engine:
         self._t_dev, self._t_at = torch.zeros((), dtype=torch.int64, device=self.device), 0  # round t, on device
         self.history: list[dict[str, Any]] = []
         self.train_time = 0.0
-        # rounds whose time went to compile_time, not train_time (a compiling round): samples/s leaves them out
+        # rounds whose time went to compile_time, not train_time (a compiling round), or was not measured (engine.step()
+        # called outside run()): samples/s leaves them out
         self.untimed_rounds, self._untimed_counted = 0, 0
+        self._timing = False  # within run(), which measures the rounds' wall time
         self.setup_time = 0.0  # choosing the backend (auto), compiling
         self.compile_time = 0.0  # the rounds that compiled (part of setup_time)
         self._compiled_round: Callable | None = None
@@ -163,6 +165,7 @@ class Engine:
             self.sync()
             self.compile_time += time.perf_counter() - start
             self.setup_time += time.perf_counter() - start
+        if compiling or not self._timing:
             self.untimed_rounds += 1
         self.meter.add(stats, t)
         self.t += 1
@@ -229,6 +232,7 @@ class Engine:
             self.evaluate()  # round 0: every curve starts from the common initial point
         bar = tqdm(total=rounds, disable=not self.progress, desc=self.algorithm.name, leave=False)
         window_start, setup = time.perf_counter(), self.setup_time
+        self._timing = True
         try:
             while self.t < end:
                 self.step()
@@ -245,6 +249,7 @@ class Engine:
                         self.save_checkpoint()
                     window_start, setup = time.perf_counter(), self.setup_time
         finally:
+            self._timing = False
             bar.close()
         if self.run_dir is not None:
             self.run_dir.write_json("summary.json", self.summary())
