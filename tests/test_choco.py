@@ -139,7 +139,7 @@ def test_a_message_made_while_a_link_is_down_is_paid_for_when_it_is_up(algorithm
     ring+fail:0.5 about half the bits its copies need."""
     n, p, rounds = 6, 40, 12
     topo = graphs.parse("ring+fail:0.5", n, seed=fresh_seed)
-    comp = kernels.top_k(0.1)
+    comp = kernels.top_k(0.35)  # k = 14 of 40: 14 * (32 + 6) bits a message, 0.42 of a full copy
     algo = sim.algorithms.make(algorithm, lr=0.1, gamma=0.5, compressor=comp)
     gen = torch.Generator().manual_seed(fresh_seed)
     state = algo.init(torch.randn(n, p, dtype=torch.float64, generator=gen))
@@ -151,8 +151,28 @@ def test_a_message_made_while_a_link_is_down_is_paid_for_when_it_is_up(algorithm
     message = float(comp.roundtrip(torch.randn(1, p, dtype=torch.float64))[1][0])  # top-k: a fixed size
     expected = torch.zeros(n, dtype=torch.float64)
     for i in range(n):
-        for j in ((i - 1) % n, (i + 1) % n):  # j's messages to i: all up to the last round their link was up
-            up = [t for t in range(rounds) if topo.mixing(t).links[i, j]]
-            expected[j] += message * (up[-1] + 1 if up else 0)
+        for j in ((i - 1) % n, (i + 1) % n):  # j's messages to i: all those since their link was last up
+            waited = 0.0
+            for t in range(rounds):
+                waited += message
+                if topo.mixing(t).links[i, j]:  # ... but never more than x_hat_j itself, 32 p bits
+                    expected[j] += min(waited, 32 * p)
+                    waited = 0.0
     torch.testing.assert_close(sent, expected, rtol=0, atol=0)
     assert sum(bool(topo.mixing(t).links.sum() < 2 * n) for t in range(rounds)) > 0  # links did fail
+    assert message * 3 > 32 * p > message * 2  # so a link down two rounds in a row pays the cap
+
+
+@pytest.mark.parametrize("spec", ["random_matching", "ring+matcha:0.5", "one_peer_exponential"])
+def test_compressed_gossip_never_pays_more_than_a_full_copy_a_link(spec, fresh_seed):
+    """With identity messages CHOCO sends what D-SGD sends: x_hat whole to each active neighbour. The backlog of a
+    sparse schedule charged up to 6 times that (every message of the rounds a link was down)."""
+    n, p = 8, 30
+    topo = graphs.parse(spec, n, seed=fresh_seed)
+    state = (algo := sim.algorithms.make("choco", lr=0.1, gamma=0.5, compressor=kernels.identity())).init(
+        torch.randn(n, p, dtype=torch.float64, generator=torch.Generator().manual_seed(fresh_seed)))
+    grad = lambda x: (x.pow(2).sum(1), 2 * x)  # noqa: E731
+    for t in range(20):
+        mixing = topo.mixing(t)
+        state, stats = algo.step(state, sim.Round(torch.tensor(t), grad, mixing))
+        torch.testing.assert_close(stats["bits"], sim.algorithms.gossip_bits(mixing, p), rtol=0, atol=0)

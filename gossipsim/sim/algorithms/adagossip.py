@@ -66,7 +66,7 @@ def adagossip(lr, gamma: float = 1.0, beta: float = 0.999, eps: float = 1e-8,
         correction = 1 - beta ** (torch.as_tensor(rnd.t, dtype=torch.float64) + 1)  # 0-dim; t counts from 1
         step_size = (u / correction).sqrt_().add_(eps).reciprocal_().mul_(gamma).clamp_(max=1.0)  # Gamma (N, P)
         x.addcmul_(step_size, e)
-        bits = delivered_bits(state.pending, bits, rnd.mixing)
+        bits = delivered_bits(state.pending, bits, rnd.mixing, x.shape[1])
         return AdaGossipState(x, state.x_hat, u, state.pending, buf), {"loss": loss, "bits": bits}
 
     return init, step

@@ -176,18 +176,19 @@ def waiting(x0: torch.Tensor) -> torch.Tensor:
     return torch.zeros(x0.shape[0], x0.shape[0], dtype=torch.float64, device=x0.device)
 
 
-def delivered_bits(pending: torch.Tensor, bits: torch.Tensor, mixing) -> torch.Tensor:
+def delivered_bits(pending: torch.Tensor, bits: torch.Tensor, mixing, p: int) -> torch.Tensor:
     """Bits each agent sends this round when its messages update public copies (CHOCO's x_hat), which every
     agent that mixes them must hold current: (N,) float64.
 
     bits (N,): each agent's message of this round. pending (N, N) float64 [receiver, sender], updated in place:
     the bits of the messages a sender made since it last reached that receiver. A link active this round
     delivers what waited on it. On a static topology that is bits * degree; on a time-varying one a message
-    made while a link is down is paid for when the link is next up (a copy cannot catch up for free).
+    made while a link is down is paid for when the link is next up (a copy cannot catch up for free), but a link
+    never carries more than the public copy itself, 32 P bits: past that, the sender sends its x_hat whole.
     """
     pending.add_(bits.to(pending.dtype))  # this round's message waits at every receiver
     links = mixing.links  # (N, N) bool [receiver, sender]
-    sent = pending.mul(links).sum(0)  # (N,) what each sender's active links carry
+    sent = pending.clamp(max=BITS_PER_VALUE * p).mul_(links).sum(0)  # (N,) what each sender's active links carry
     pending.masked_fill_(links, 0.0)
     return sent
 

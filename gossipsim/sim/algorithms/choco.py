@@ -29,7 +29,7 @@ X_hat starts at 0. gamma's default 0.5 is not the paper's (it is tuned per graph
 official example scripts use 0.45 and 0.5 with sign, their argparse default is 0.9 (ALGORITHMS.md 2).
 Communication: one compressed message per agent to each active neighbour, its bits
 from the compressor's encoding; on a time-varying topology a message made while a link was down is paid
-for when the link is next up (base.delivered_bits). State tensors are updated in place: no (N, P)
+for when the link is next up, at most a full copy of x_hat (base.delivered_bits). State tensors are updated in place: no (N, P)
 temporaries a round besides the compressor's.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def choco(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, 
         x = descend_(state.x, d, schedule(rnd.t))  # X^{t+1/2}
         bits = kernels.choco_residual(x, state.x_hat, comp)  # x_hat += C(x - x_hat); (N,) bits a message
         kernels.consensus_step(x, state.x_hat, rnd.mixing, gamma)  # x += gamma (W x_hat - x_hat)
-        bits = delivered_bits(state.pending, bits, rnd.mixing)
+        bits = delivered_bits(state.pending, bits, rnd.mixing, x.shape[1])
         return ChocoState(x, state.x_hat, state.pending, buf), {"loss": loss, "bits": bits}
 
     return init, step
@@ -93,7 +93,7 @@ def choco_parallel(lr, gamma: float = 0.5, compressor: kernels.Compressor | None
         y = descend_(state.x, d, schedule(rnd.t))
         kernels.consensus_step(y, state.x_hat, rnd.mixing, gamma)  # last round's public copies
         bits = kernels.choco_residual(y, state.x_hat, comp)  # x_hat += C(y - x_hat); (N,) bits a message
-        bits = delivered_bits(state.pending, bits, rnd.mixing)
+        bits = delivered_bits(state.pending, bits, rnd.mixing, y.shape[1])
         return ChocoState(y, state.x_hat, state.pending, buf), {"loss": loss, "bits": bits}
 
     return init, step

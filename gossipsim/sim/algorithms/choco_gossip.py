@@ -37,7 +37,7 @@ def choco_gossip(x0: torch.Tensor, topology, compressor: kernels.Compressor | No
     error = [consensus_distance(x)]
     for t in range(rounds):
         mixing = topology.mixing(t)
-        bits += delivered_bits(pending, kernels.choco_residual(x, x_hat, comp), mixing)
+        bits += delivered_bits(pending, kernels.choco_residual(x, x_hat, comp), mixing, x.shape[1])
         kernels.consensus_step(x, x_hat, mixing, gamma)
         error.append(consensus_distance(x))  # stays on the device: no host sync a round
     return Consensus(x, torch.stack(error), bits)

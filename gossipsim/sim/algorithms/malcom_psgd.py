@@ -51,7 +51,7 @@ def malcom_psgd(lr, mu: float = 1e-5, gamma: float = 0.05,
         if mu:
             tau = lr_t * mu
             x.sub_(torch.clamp(x, -tau, tau))  # soft threshold: v - clamp(v, -tau, tau) = S_tau(v)
-        bits = delivered_bits(state.pending, bits, rnd.mixing)
+        bits = delivered_bits(state.pending, bits, rnd.mixing, x.shape[1])
         return ChocoState(x, state.x_hat, state.pending, buf), {"loss": loss, "bits": bits}
 
     return init, step
