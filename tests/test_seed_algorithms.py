@@ -34,10 +34,18 @@ def test_matcha_matches_naive_simulator(fresh_seed):
     torch.testing.assert_close(state.x, naive.x(), **TOL, msg=lambda m: f"seed {fresh_seed}: {m}")
 
 
+def directed_W() -> torch.Tensor:
+    """Doubly stochastic, directed: agent 1 mixes two agents (0 and 2) and agent 0 is mixed by two (1 and 4), so
+    how many an agent mixes and how many mix it differ."""
+    eye = torch.eye(N, dtype=torch.float64)
+    return 0.5 * eye + 0.25 * eye[[1, 0, 2, 3, 4]] + 0.25 * eye[[1, 2, 3, 4, 0]]
+
+
 @pytest.mark.parametrize("variant", ["code", "paper"])
-@pytest.mark.parametrize("base", ["static", "matcha", "matcha_reversed"])
+@pytest.mark.parametrize("base", ["static", "matcha", "matcha_reversed", "directed"])
 def test_al_dsgd_matches_naive_simulator(variant, base, fresh_seed):
-    W = irregular_W() if base == "static" else irregular_matcha(fresh_seed, reverse=base == "matcha_reversed")
+    W = {"static": irregular_W, "directed": directed_W}.get(base, lambda: irregular_matcha(
+        fresh_seed, reverse=base == "matcha_reversed"))()
     state, _, naive = run_both(mlp, "al_dsgd", W, "vmap", fresh_seed, variant=variant, c1=0.25, c2=0.15, p1=0.1,
                                p2=0.3, **SGD)
     torch.testing.assert_close(state.x, naive.x(), **TOL, msg=lambda m: f"seed {fresh_seed}: {m}")

@@ -187,7 +187,8 @@ class NaiveSimulator:
     def al_dsgd(self, old: list[torch.Tensor], half: list[torch.Tensor], losses: list[float]) -> list[torch.Tensor]:
         """AL-DSGD (ALGORITHMS.md 5), agent by agent: leaders by loss and by degree, then the code's weighted
         average and pull, or the paper's lr-scaled pull in the local step."""
-        degrees = [-len(self.neighbours(i)) for i in range(self.n)]
+        # a leader's degree: how many agents mix its model (on a directed W, not how many it mixes)
+        degrees = [-sum(1 for i in range(self.n) if i != j and self.W[i, j] != 0) for j in range(self.n)]
         best = [self.leader(i, losses) for i in range(self.n)]
         hub = [self.leader(i, degrees) for i in range(self.n)]
         lead = [(self.t - 1) % self.every == 0 and len(self.neighbours(i)) > 0 for i in range(self.n)]

@@ -4,8 +4,9 @@ its active neighbours (itself included): the one with the lowest training loss a
 Paper: He, Wang, Choromanska, "AL-DSGD: Adjacent Leader Decentralized Stochastic Gradient Descent",
 arXiv 2405.11389. Base: the round's W (D-PSGD on a static topology, MATCHA on `BASE+matcha:CB`); the
 dynamic graphs are the topology `BASE+rotate` (graphs.rotating). With one-hot leader selectors A_N
-(lowest minibatch loss at X^t) and A_tau (highest active degree), ties to the agent itself, then to the
-neighbour whose matching comes first (as the official code lists them; Mixing.order):
+(lowest minibatch loss at X^t) and A_tau (highest active degree: how many agents mix its model this round, which
+on a directed W may differ from how many it mixes), ties to the agent itself, then to the neighbour whose matching
+comes first (as the official code lists them; Mixing.order):
 
 variant="code" (default; the official code, HectorHHZ/Adjacent_Leader_Dencentralized_SGD, which
 produced the paper's numbers): the pull is a fixed fraction, applied after averaging
@@ -72,8 +73,10 @@ def al_dsgd(lr, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         W, deg, order = rnd.mixing.dense(), rnd.mixing.degrees, rnd.mixing.order  # (N, N), (N,), (N, N)
         best, hub = leaders(W, loss.to(W.dtype), order), leaders(W, -deg.to(W.dtype), order)  # (N,) leaders
-        # a per-row switch, not a branch, so the round index never has to leave the device
-        on = ((rnd.t % every == 0) & (deg > 0)).to(state.x.dtype).unsqueeze(1)  # (N, 1)
+        # a per-row switch, not a branch, so the round index never has to leave the device: a leader round, for an
+        # agent with a neighbour to follow, one it mixes (deg counts those that mix it: on a directed W, others)
+        lead = rnd.t % every == 0  # 0-dim bool
+        on = (lead & rnd.mixing.links.any(1)).to(state.x.dtype).unsqueeze(1)  # (N, 1)
         d, buf = opt.direction(state.x, g, state.buf)
         if variant == "paper":
             d = d + on * (p1 * (state.x - state.x[best]) + p2 * (state.x - state.x[hub]))
@@ -83,7 +86,8 @@ def al_dsgd(lr, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0
         to_hub = keep * c2 + (p2 if variant == "code" else 0.0)
         x = rnd.mixing(half).mul_(1 - on + on * (keep * (1 - c1 - c2)))
         x.add_(on * to_best * half[best]).add_(on * to_hub * half[hub])
-        bits = deg.to(torch.float64) * BITS_PER_VALUE * (x.shape[1] + 2 * on.squeeze(1).to(torch.float64))
+        # on a leader round every agent also sends its loss and degree to those that mix it
+        bits = deg.to(torch.float64) * BITS_PER_VALUE * (x.shape[1] + 2 * lead.to(torch.float64))
         return SGDState(x, buf), {"loss": loss, "bits": bits}
 
     return init, step

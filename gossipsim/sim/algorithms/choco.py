@@ -29,8 +29,8 @@ X_hat starts at 0. gamma's default 0.5 is not the paper's (it is tuned per graph
 official example scripts use 0.45 and 0.5 with sign, their argparse default is 0.9 (ALGORITHMS.md 2).
 Communication: one compressed message per agent to each active neighbour, its bits
 from the compressor's encoding; on a time-varying topology a message made while a link was down is paid
-for when the link is next up, at most a full copy of x_hat (base.delivered_bits). State tensors are updated in place: no (N, P)
-temporaries a round besides the compressor's.
+for when the link is next up, at most a full copy of x_hat (base.delivered_bits). State tensors are updated
+in place: no (N, P) temporaries a round besides the compressor's.
 """
 from __future__ import annotations
 
