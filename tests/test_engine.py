@@ -128,6 +128,36 @@ def test_consensus_distance_by_column_blocks(n, p, block, fresh_seed):
     torch.testing.assert_close(got, expect, rtol=1e-12, atol=1e-12, msg=lambda m: f"seed {fresh_seed}: {m}")
 
 
+@pytest.mark.parametrize("n,p,block", [(1, 5, 3), (7, 1001, 20), (4, 10, 1000), (3, 0, 10)])
+def test_the_averaged_model_is_the_mean_of_the_rows_in_float64(n, p, block, fresh_seed):
+    x = torch.randn(n, p, generator=torch.Generator().manual_seed(fresh_seed))
+    got = metrics.average(x, block_entries=block)
+    assert got.dtype == x.dtype and got.shape == (1, p)
+    assert torch.equal(got, x.double().mean(0, keepdim=True).float())
+    # N equal rows (an all-reduce's agents) average to that row exactly; float32's own mean missed it
+    same = x[:1].expand(n, p)
+    assert torch.equal(metrics.average(same, block_entries=block), x[:1])
+
+
+def test_an_algorithms_own_statistic_that_is_not_finite_is_written_as_null(tmp_path, monkeypatch):
+    from gossipsim.sim.algorithms import base
+
+    def nan_stat(lr):
+        init, step = base._factory("dsgd")(lr)
+
+        def counted(state, rnd):
+            state, stats = step(state, rnd)
+            return state, {**stats, "ratio": torch.zeros_like(stats["loss"]) / 0.0}  # 0/0
+
+        return init, counted
+
+    monkeypatch.setitem(base._REGISTRY, "nan_stat", nan_stat)
+    engine = sim.build(tiny(tmp_path, algorithm="nan_stat", rounds=2, eval_every=2))
+    assert engine.run(2)[-1]["ratio"] is None
+    line = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1]
+    assert '"ratio": null' in line and json.loads(line, parse_constant=lambda c: pytest.fail(c))["ratio"] is None
+
+
 def test_runs_started_in_the_same_second_get_their_own_default_directories(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("time.strftime", lambda fmt, *a: "20260101-000000")  # one second for all

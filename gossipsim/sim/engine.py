@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from . import data as data_mod
 from .algorithms import Algorithm, Round, gossip_bits
 from .config import plain_items
 from .graphed import GraphedRound
-from .metrics import Meter, RunDir, consensus_distance
+from .metrics import Meter, RunDir, average, consensus_distance
 from .model import EVAL_SAMPLES_PER_CALL, StackedModel
 
 
@@ -292,8 +293,7 @@ class Engine:
 
         # as many samples a call as fit in the memory a round uses (the preflight's estimate)
         per_call = self.memory.eval_samples if self.memory is not None else EVAL_SAMPLES_PER_CALL
-        avg_loss, avg_acc = self.model.evaluate(x.mean(0, keepdim=True), self.buffers.mean(0, keepdim=True),
-                                                inputs, test.y, per_call)
+        avg_loss, avg_acc = self.model.evaluate(average(x), average(self.buffers), inputs, test.y, per_call)
         window_rounds = self.meter.rounds
         timed_rounds = window_rounds - (self.untimed_rounds - self._untimed_counted)
         self._untimed_counted = self.untimed_rounds
@@ -314,7 +314,8 @@ class Engine:
             _, acc = self.model.evaluate(x, self.buffers, inputs, test.y, per_call)
             row.update(agent_acc_mean=float(acc.mean()), agent_acc_min=float(acc.min()),
                        agent_acc_max=float(acc.max()))
-        row.update({k: float(v.mean()) for k, v in extra.items()})  # an algorithm's own: over agents and rounds
+        # an algorithm's own, over agents and rounds; NaN or Inf (a 0/0 of its own) as null: JSON has neither
+        row.update({k: v if math.isfinite(v) else None for k, v in ((k, float(v.mean())) for k, v in extra.items())})
         row.update(train_time=self.train_time,
                    samples_per_s=timed_rounds * n * self.batch_size / window_time if window_time else 0.0,
                    eval_time=time.perf_counter() - start)

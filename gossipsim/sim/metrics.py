@@ -101,6 +101,18 @@ class Meter:
         return out
 
 
+def average(x: torch.Tensor, block_entries: int = 2**24) -> torch.Tensor:
+    """The mean of the rows of x (N, P), (1, P) in x's dtype, summed in float64 a block of columns at a time: a
+    float32 mean of N equal rows is not that row (off by a few ulps in half the entries), and the averaged model
+    evaluated after an all-reduce must be the agents' own."""
+    n, p = x.shape
+    step = max(1, block_entries // n)
+    out = torch.empty(1, p, dtype=x.dtype, device=x.device)
+    for c in range(0, p, step):
+        out[:, c:c + step] = x[:, c:c + step].double().mean(0, keepdim=True)
+    return out
+
+
 def consensus_distance(x: torch.Tensor, block_entries: int = 2**24) -> torch.Tensor:
     """(1/N) sum_i ||x_i - x_bar||^2 for x (N, P), as a 0-dim float64 tensor. In float64, a block of columns
     at a time: a float64 copy of all of x would need twice the memory of x (23 GB for 256 ResNet-18s)."""
