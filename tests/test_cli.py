@@ -138,6 +138,9 @@ def test_an_unwritable_out_is_one_line(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("gossipsim: error: ") and err.count("\n") == 1 and ("file" in err or ".png" in err), err
+    assert main(["run", "--agents=3", "--rounds=2", "--out="]) == 2  # it ran into runs/ as if never given
+    assert capsys.readouterr().err == "gossipsim: error: out='' names no directory; give a path, or no out for " \
+                                      "runs/<algorithm>-<topology>-<time>\n"
 
 
 def test_unknown_commands_get_the_closest_one(capsys):

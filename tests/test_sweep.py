@@ -136,6 +136,12 @@ def test_plot_mistakes(tmp_path, capsys):
     assert len(err) == 3 and all(line.startswith("gossipsim: error: ") for line in err)
     with pytest.raises(Exception, match="not a run directory"):
         sweep.results.load_run(tmp_path / "empty")
+    (tmp_path / "empty" / "metrics.jsonl").write_text('{"round": 0, "test_acc": 0.1}\n')
+    (tmp_path / "empty" / "config.json").write_text("[1, 2]")  # JSON, not a config: a traceback in plot
+    assert main(["plot", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.endswith("config.json' holds list, not a gossipsim config.json's object\n")
+    (tmp_path / "empty" / "metrics.jsonl").unlink()
+    (tmp_path / "empty" / "config.json").unlink()
     # a run named twice, or by itself and through its sweep's directory, is one run
     for name in ("a", "b"):
         (tmp_path / "sw" / name).mkdir(parents=True)

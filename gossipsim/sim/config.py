@@ -203,6 +203,9 @@ class Config:
         if not 0 <= self.seed < 2**63 or (self.graph_seed is not None and not 0 <= self.graph_seed < 2**63):
             raise ConfigError(f"seed and graph_seed must be integers in [0, 2^63), got {self.seed} and "
                               f"{self.graph_seed}")
+        if self.out is not None and not str(self.out).strip():  # `--out=` ran into runs/... as if never given
+            raise ConfigError(f"out={self.out!r} names no directory; give a path, or no out for "
+                              f"runs/<algorithm>-<topology>-<time>")
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
             raise ConfigError(f"milestones must be increasing rounds >= 1, got {self.milestones}")
         for key, (on, accepted) in CONDITIONAL_KEYS.items():

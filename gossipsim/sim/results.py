@@ -59,6 +59,9 @@ def load_run(path: str | Path) -> Run:
     if not all(isinstance(r, dict) and "round" in r and "test_acc" in r for r in rows):
         raise ConfigError(f"{str(metrics)!r} holds lines that are not gossipsim evaluations")
     summary = _json(path / "summary.json") if (path / "summary.json").exists() else None
+    for name, value in (("config.json", config), ("summary.json", summary)):
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{str(path / name)!r} holds {type(value).__name__}, not a gossipsim {name}'s object")
     return Run(path, config, rows, summary)
 
 
