@@ -14,7 +14,8 @@ from gossipsim.sim.config import Config
 
 def engine(tmp_path, compile_mode, **keys):
     values = dict(agents=6, rounds=8, eval_every=8, batch_size=8, progress=False, backend="vmap", dtype="float64",
-                  lr_schedule="cosine", out=str(tmp_path / compile_mode), compile=compile_mode, **keys)
+                  lr_schedule="cosine", out=str(tmp_path / compile_mode), compile=compile_mode, eval_samples=100,
+                  eval_agents=False, **keys)
     return experiment.build(Config(**values))
 
 
