@@ -176,3 +176,12 @@ def test_compressed_gossip_never_pays_more_than_a_full_copy_a_link(spec, fresh_s
         mixing = topo.mixing(t)
         state, stats = algo.step(state, sim.Round(torch.tensor(t), grad, mixing))
         torch.testing.assert_close(stats["bits"], sim.algorithms.gossip_bits(mixing, p), rtol=0, atol=0)
+
+    # on a static ring a message larger than a dense copy (top-k keeping everything, with its indices) is paid as
+    # its own encoding says: the cap is on the catch-up alone
+    comp = kernels.top_k(1.0)
+    algo = sim.algorithms.make("choco", lr=0.1, gamma=0.5, compressor=comp)
+    state, ring = algo.init(torch.randn(n, p, dtype=torch.float64)), graphs.ring(n).mixing(0)
+    state, stats = algo.step(state, sim.Round(torch.tensor(0), grad, ring))
+    message = float(comp.roundtrip(torch.randn(1, p, dtype=torch.float64))[1][0])
+    assert message > 32 * p and stats["bits"].tolist() == [2 * message] * n

@@ -100,6 +100,8 @@ def test_groups_over_seeds_and_their_bands(tmp_path, sweep_file):
     ("[grid]\nseed = 0\n", "grid key seed must be a non-empty list"),
     ("[grid]\nseed = [0, 0]\n", "lists a value twice"),
     ("[grid]\nlr = [1, 1.0]\n", "grid points lr=1 and lr=1.0 are one experiment (their values read alike)"),
+    ("algorithm = 'choco'\n[grid]\ncompressor = ['top_k:0.01', 'top_k:1e-2']\n", "grid points compressor=top_k_0.01 "
+                                                                                 "and compressor=top_k_1e-2 are one"),
     # found by build() once the points before had run
     ("[grid]\neval_samples = [100, 5000]\n", "sweep point eval_samples=5000: eval_samples=5000: the synthetic test "
                                               "set has 2000 samples"),
@@ -291,3 +293,9 @@ def test_a_finished_run_holding_a_key_that_had_no_effect_is_done(tmp_path):
     config = points[0].path / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "alpha": 0.3}))  # iid: alpha meant nothing
     assert sweep.status(points[0]) == "done"
+
+
+def test_compressors_alike_in_name_but_not_in_encoding_are_two_points(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text(f"out = '{tmp_path / 's'}'\nalgorithm = 'choco'\n[grid]\ncompressor = ['qsgd:16', 'dithered:16']\n")
+    assert len(sweep.load(path)[2]) == 2  # dithered's Elias-Golomb bits are another experiment

@@ -22,6 +22,7 @@ results.csv (a row per run per evaluation) after each run.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import json
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import kernels
 from ..errors import ConfigError, Diverged
 from . import algorithms, checkpoint, data, results
 from .config import ALGORITHM_KEYS, CONDITIONAL_KEYS, Config, applies, read_toml
@@ -113,8 +115,13 @@ def load(path: str | Path) -> tuple[Path, list[str], list[Point]]:
                               f"(its characters other than letters, digits and '.' become '_'): {seen[name]} and "
                               f"{point}; give values that differ in those characters")
         seen[name] = point
-        # values alike once read as the config reads them (lr = [1, 1.0]) are one experiment trained twice
-        experiment = json.dumps({**cfg.to_dict(), "out": None}, sort_keys=True, default=str)
+        # values alike once read as the config reads them (lr = [1, 1.0], top_k:0.01 and top_k:1e-2) are one
+        # experiment trained twice
+        settings = {**cfg.to_dict(), "out": None}
+        if cfg.compressor is not None:
+            comp = kernels.parse(cfg.compressor, per=cfg.compress_per)  # its fields: dithered:16 is no qsgd:16
+            settings["compressor"] = [type(comp).__name__, *dataclasses.astuple(comp)]
+        experiment = json.dumps(settings, sort_keys=True, default=str)
         if experiment in same:
             raise ConfigError(f"sweep file {str(path)!r}: grid points {same[experiment]} and {name} are one "
                               f"experiment (their values read alike); list each value once")

@@ -183,12 +183,15 @@ def delivered_bits(pending: torch.Tensor, bits: torch.Tensor, mixing, p: int) ->
     bits (N,): each agent's message of this round. pending (N, N) float64 [receiver, sender], updated in place:
     the bits of the messages a sender made since it last reached that receiver. A link active this round
     delivers what waited on it. On a static topology that is bits * degree; on a time-varying one a message
-    made while a link is down is paid for when the link is next up (a copy cannot catch up for free), but a link
-    never carries more than the public copy itself, 32 P bits: past that, the sender sends its x_hat whole.
+    made while a link is down is paid for when the link is next up (a copy cannot catch up for free), but the
+    catch-up never costs more than the public copy itself, 32 P bits (or this round's message, if larger): past
+    that, the sender sends its x_hat whole.
     """
-    pending.add_(bits.to(pending.dtype))  # this round's message waits at every receiver
+    bits = bits.to(pending.dtype)
+    pending.add_(bits)  # this round's message waits at every receiver
     links = mixing.links  # (N, N) bool [receiver, sender]
-    sent = pending.clamp(max=BITS_PER_VALUE * p).mul_(links).sum(0)  # (N,) what each sender's active links carry
+    owed = torch.maximum(pending.clamp(max=BITS_PER_VALUE * p), bits)  # (N, N): a sender's bits, along its column
+    sent = owed.mul_(links).sum(0)  # (N,) what each sender's active links carry
     pending.masked_fill_(links, 0.0)
     return sent
 
