@@ -27,6 +27,12 @@ def test_ring_spectral_gap_closed_form(n):
     assert float(graphs.spectral_gap(graphs.ring(n).mixing(0).dense())) == pytest.approx(1 - lam, abs=1e-12)
 
 
+def test_spectral_gap_refuses_a_matrix_that_is_not_stochastic():
+    W = graphs.ring(6).mixing(0).dense()
+    with pytest.raises(ConfigError, match="stochastic.*1.5"):
+        graphs.spectral_gap(1.5 * W)
+
+
 def test_neighbours_degrees_and_edges():
     M = graphs.ring(6).mixing(0)
     assert M.neighbors[0] == [1, 5] and M.degrees.tolist() == [2] * 6 and M.edges == 12

@@ -242,8 +242,14 @@ def _sinkhorn(W: torch.Tensor, iterations: int = 100) -> torch.Tensor:
 
 
 def spectral_gap(W: torch.Tensor) -> torch.Tensor:
-    """1 - |lambda_2(W)|, the second largest eigenvalue modulus; the speed of gossip averaging."""
+    """1 - |lambda_2(W)|, the second largest eigenvalue modulus; the speed of gossip averaging.
+
+    Defined for a stochastic W, whose largest eigenvalue modulus is 1: for any other matrix the
+    difference measures nothing, so it is refused."""
     ev = torch.linalg.eigvals(W.to(torch.float64)).abs().sort(descending=True).values
+    if abs(float(ev[0]) - 1) > 1e-6:
+        raise ConfigError(f"spectral_gap needs a stochastic mixing matrix (largest |eigenvalue| 1); this one's is "
+                          f"{float(ev[0]):.6g}")
     return 1 - ev[1]
 
 
