@@ -7,14 +7,16 @@ from .base import (
     Round,
     SGDState,
     check_range,
+    delivered_bits,
     gossip_bits,
     hyperparameters,
     make,
     names,
     register,
+    waiting,
 )
 from .battery import check
 from .choco_gossip import Consensus, choco_gossip
 
 __all__ = ["BITS_PER_VALUE", "Algorithm", "Consensus", "Round", "SGDState", "check", "check_range", "choco_gossip",
-           "gossip_bits", "hyperparameters", "make", "names", "register"]
+           "delivered_bits", "gossip_bits", "hyperparameters", "make", "names", "register", "waiting"]
