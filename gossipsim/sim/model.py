@@ -128,7 +128,9 @@ class StackedModel:
                 if len(rows) == 1:  # the constants of the first agent's module are everyone's
                     self.constants = {k: b[k].detach().to(device, copy=True) for k in self.constant_names}
         x0, b0 = torch.stack(rows), torch.stack(bufs)  # (1 or N, P), (1 or N, Pbuf)
-        return (x0.expand(self.n, -1).contiguous().to(device), b0.expand(self.n, -1).contiguous().to(device))
+        # clone, not contiguous(): an expanded (N, 0) (a model without buffers) counts as contiguous and kept its
+        # stride 0, which the compiled round's (N, 0) output does not have: a recompile in round 2 (chunked)
+        return tuple(t.expand(self.n, -1).clone(memory_format=torch.contiguous_format).to(device) for t in (x0, b0))
 
     def unflatten(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One agent's row (P,) as the template's named parameters (views, no copy)."""
