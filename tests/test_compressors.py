@@ -258,3 +258,7 @@ def test_qsgd_row_blocks_give_the_symbols_of_one_block(dtype, monkeypatch, fresh
     assert [(b.start, b.stop) for b in compressors.row_blocks(r)] == [(0, 3), (3, 6), (6, 9)]
     blocked = comp.quantize(r, u)
     assert torch.equal(blocked.symbols, whole.symbols) and torch.equal(blocked.scales, whole.scales)
+    # compress draws its uniforms a row block at a time, never holding an (N, P) of them: the same draws
+    compressed = comp.compress(r, torch.Generator().manual_seed(fresh_seed))
+    once = comp.quantize(r, torch.rand(r.shape, generator=torch.Generator().manual_seed(fresh_seed), dtype=dtype))
+    assert torch.equal(compressed.symbols, once.symbols) and torch.equal(compressed.scales, once.scales)

@@ -119,13 +119,16 @@ def test_auto_backend_picks_a_real_backend(tmp_path):
 
 
 @pytest.mark.parametrize("n,p,block", [(1, 5, 3), (3, 1001, 7), (4, 10, 1000)])
-def test_consensus_distance_by_column_blocks(n, p, block, fresh_seed):
-    x = torch.randn(n, p, generator=torch.Generator().manual_seed(fresh_seed))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_consensus_distance_by_column_blocks(n, p, block, dtype, fresh_seed):
+    x = torch.randn(n, p, generator=torch.Generator().manual_seed(fresh_seed), dtype=dtype)
+    before = x.clone()
     xd = x.double()
     expect = (xd - xd.mean(0, keepdim=True)).pow(2).sum() / n
     got = metrics.consensus_distance(x, block_entries=block)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, expect, rtol=1e-12, atol=1e-12, msg=lambda m: f"seed {fresh_seed}: {m}")
+    assert torch.equal(x, before)  # its block is worked on in place: a copy, even of float64 x
 
 
 @pytest.mark.parametrize("n,p,block", [(1, 5, 3), (7, 1001, 20), (4, 10, 1000), (3, 0, 10)])

@@ -1,11 +1,14 @@
 """The memory preflight: what it counts, and the refusal of a run that cannot fit."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gossipsim import ConfigError, kernels
 from gossipsim.sim import algorithms, memory
@@ -128,3 +131,77 @@ def test_an_evaluation_forwards_no_more_samples_a_call_than_fit_in_a_rounds_memo
         out = torch.func.functional_call(smooth.template, params, (xs,))
         torch.testing.assert_close(loss[i], nn.functional.cross_entropy(out, ys, label_smoothing=0.2),
                                    rtol=1e-12, atol=0)
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _heap_in_use():
+    """Bytes glibc's malloc has handed out and not taken back (small blocks and mmapped large ones)."""
+    info = _LIBC.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+    _LIBC.mallinfo2.restype = _Mallinfo2
+except (OSError, AttributeError):
+    _LIBC = None
+
+
+class _Peak(TorchDispatchMode):
+    """The most heap in use after any op run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, _heap_in_use())
+        return out
+
+
+@pytest.mark.skipif(_LIBC is None, reason="reads glibc's malloc statistics")
+@pytest.mark.parametrize("keys", [
+    dict(algorithm="dsgd", momentum=0.9, nesterov=True, weight_decay=5e-4),
+    dict(algorithm="al_dsgd", variant="paper", momentum=0.9, weight_decay=5e-4),
+    dict(algorithm="choco", compressor="qsgd:16", momentum=0.9, weight_decay=5e-4),
+    dict(algorithm="choco", compressor="top_k:0.1"),
+    dict(algorithm="adagossip", compressor="top_k:0.1", momentum=0.9, weight_decay=5e-4),
+    dict(algorithm="malcom_psgd"),
+], ids=lambda k: "-".join(str(v) for v in k.values()))
+def test_a_round_holds_no_more_than_the_estimate_beside_the_state(keys):
+    """Measured on the CPU's heap: the rounds of these took up to twice the estimated gradient and temporaries
+    (fresh momentum, weight-decay and Nesterov arrays, the gradient held through the gossip product, an (N, P) of
+    QSGD's uniforms), so a run that passed the preflight could still not fit."""
+    from gossipsim.sim import Config, build
+
+    engine = build(Config(dataset="synthetic", model="mlp", agents=16, batch_size=8, rounds=5, eval_every=1000,
+                          progress=False, backend="vmap", **keys), out=None)
+    for _ in range(3):
+        engine.step()
+    gc.collect()
+    before = _heap_in_use()
+    with (peak := _Peak()):
+        engine.step()
+    parts = engine.memory.parts
+    assert peak.peak - before <= parts["gradients"] + parts["step temporaries"] + parts["activations"], (
+        (peak.peak - before) / parts["gradients"])
+
+
+@pytest.mark.skipif(_LIBC is None, reason="reads glibc's malloc statistics")
+def test_an_evaluation_holds_no_more_than_a_round_may_beside_the_state():
+    """The consensus distance held three float64 copies of its block: an MLP's evaluation took twice the estimate."""
+    from gossipsim.sim import Config, build
+
+    engine = build(Config(dataset="synthetic", model="mlp", agents=16, batch_size=8, rounds=5, eval_every=1000,
+                          eval_samples=1000, progress=False, backend="vmap"), out=None)
+    engine.step()
+    gc.collect()
+    before = _heap_in_use()
+    with (peak := _Peak()):
+        engine.evaluate()
+    assert peak.peak - before <= engine.memory.total - engine.memory.parts["state"]

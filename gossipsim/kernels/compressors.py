@@ -358,9 +358,14 @@ class QSGD(Compressor):
         # Half precision is quantized in float32, its scales sent in its own dtype: in bf16 arithmetic (an 8-bit
         # mantissa) the stochastic rounding was biased by about 2% of a level.
         work = r.to(torch.promote_types(r.dtype, torch.float32))
-        u = torch.rand(work.shape, generator=generator, device=r.device, dtype=work.dtype)  # (N, P)
-        message = self.quantize(work, u)
-        return message._replace(scales=message.scales.to(r.dtype))
+        # A block of rows at a time on a CPU (row_blocks): the same draws as one (N, P) uniform tensor, which a
+        # round then never holds (it was half the step's temporaries beyond a gradient's)
+        parts = [self.quantize(work[rows], torch.rand(work[rows].shape, generator=generator, device=r.device,
+                                                      dtype=work.dtype))
+                 for rows in row_blocks(work)]
+        symbols = parts[0].symbols if len(parts) == 1 else torch.cat([m.symbols for m in parts])  # (N, P) int16
+        scales = torch.cat([m.scales for m in parts]) if len(parts) > 1 else parts[0].scales  # (N, L)
+        return Quantized(symbols, scales.to(r.dtype), self.levels)
 
     def norms(self, r: torch.Tensor) -> torch.Tensor:
         """(N, L) the l2 norm of each segment."""
@@ -394,7 +399,7 @@ class QSGD(Compressor):
 
     def decompress(self, message):
         symbols, scales, _ = _message(self, message, Quantized)
-        return symbols.to(scales.dtype) * expand(scales, self.segments(symbols.shape[1]))
+        return symbols.to(scales.dtype).mul_(expand(scales, self.segments(symbols.shape[1])))  # the cast is new
 
     def bits(self, message):
         message = _message(self, message, Quantized)

@@ -332,12 +332,13 @@ class Engine:
         return row
 
     # ----------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, copy: bool = True) -> dict[str, Any]:
         """Everything the next round depends on, tensors on the CPU (see checkpoint.py). A host sync. Copies, on a
         CPU too: the rounds that follow update the state in place, and must not change a state_dict kept to
-        return to."""
+        return to. save_checkpoint, which writes it at once, asks for none (copy=False): on a CPU a copy of
+        the state would need as much memory again as the state."""
         def cpu(v):
-            return v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
+            return v.detach().to("cpu", copy=copy) if isinstance(v, torch.Tensor) else v
 
         return {"round": self.t, "algorithm": self.algorithm.name,
                 "state": {k: cpu(v) for k, v in self.state._asdict().items()}, "buffers": cpu(self.buffers),
@@ -405,7 +406,7 @@ class Engine:
         """Write the state_dict to out/checkpoint.pt atomically (the previous one stays whole until replaced)."""
         if self.run_dir is None:
             raise ConfigError("save_checkpoint needs a run directory: give the engine out=")
-        path = ckpt.save(self.state_dict(), self.run_dir.path / ckpt.NAME)
+        path = ckpt.save(self.state_dict(copy=False), self.run_dir.path / ckpt.NAME)
         self.checkpoint_round = self.t
         return path
 

@@ -52,12 +52,14 @@ class LocalSGD:
 
     def direction(self, x: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The step direction d (N, P) with x_next = x - lr*d, and the new momentum buffer."""
-        d = g + self.weight_decay * x if self.weight_decay else g
+        """The step direction d (N, P) with x_next = x - lr*d, and the new momentum buffer: `buf` itself,
+        updated in place, so a round allocates at most one (N, P) here (two with weight decay and Nesterov).
+        g is never written: it may be a broadcast view (all-reduce's mean gradient)."""
+        d = torch.add(g, x, alpha=self.weight_decay) if self.weight_decay else g
         if buf is None:
             return d, None
-        buf = self.momentum * buf + d
-        return (d + self.momentum * buf if self.nesterov else buf), buf
+        buf.mul_(self.momentum).add_(d)
+        return (torch.add(d, buf, alpha=self.momentum) if self.nesterov else buf), buf
 
 
 def _t(t: int | torch.Tensor) -> torch.Tensor:

@@ -76,9 +76,10 @@ def activation_bytes(template: nn.Module, input_shape: Sequence[int]) -> int:
 def estimate(model: StackedModel, algorithm: Algorithm, batch_size: int, sample_shape: Sequence[int],
              dtype: torch.dtype) -> Estimate:
     """What a round allocates at its peak besides the datasets: the algorithm's state (x and its copies)
-    and the BatchNorm buffers, the gradient, the step's temporaries (about two (N, P) arrays: a gradient
-    step's and a gossip product's outputs), and the activations of the agents trained at once (forward
-    outputs kept for the backward pass, and as many again for their gradients)."""
+    and the BatchNorm buffers, the gradient, the step's temporaries (two (N, P) arrays: every built-in step
+    holds at most two at once besides the gradient, measured on the CPU's heap by tests/test_memory.py), and
+    the activations of the agents trained at once (forward outputs kept for the backward pass, and as many
+    again for their gradients)."""
     n, p = model.n, model.P
     width = torch.empty((), dtype=dtype).element_size()
     state = init_on_meta(algorithm, n, p, dtype)

@@ -56,6 +56,7 @@ def adagossip(lr, gamma: float = 1.0, beta: float = 0.999, eps: float = 1e-8,
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
         x = descend_(state.x, d, schedule(rnd.t))  # X^{t+1/2}
+        del g, d  # the gradient's memory is free before the compressor's temporaries
         bits = kernels.choco_residual(x, state.x_hat, comp)
         e = rnd.mixing(state.x_hat).sub_(state.x_hat)  # (N, P) gossip error
         u = state.u.mul_(beta).addcmul_(e, e, value=1 - beta)

@@ -78,14 +78,16 @@ def al_dsgd(lr, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0
         lead = rnd.t % every == 0  # 0-dim bool
         on = (lead & rnd.mixing.links.any(1)).to(state.x.dtype).unsqueeze(1)  # (N, 1)
         d, buf = opt.direction(state.x, g, state.buf)
-        if variant == "paper":
-            d = d + on * (p1 * (state.x - state.x[best]) + p2 * (state.x - state.x[hub]))
+        if variant == "paper":  # d + on (p1 (x - x_best) + p2 (x - x_hub)), one gathered (N, P) at a time
+            pull = torch.mul(state.x, p1 + p2).sub_(state.x[best], alpha=p1).sub_(state.x[hub], alpha=p2)
+            d = pull.mul_(on).add_(d)
         half = descend_(state.x, d, schedule(rnd.t))  # X^{t+1/2}, in place: x is not read again
+        del g, d  # the gradient's memory is free before the gossip product allocates its output
         keep = 1 - p1 - p2 if variant == "code" else 1.0
         to_best = keep * c1 + (p1 if variant == "code" else 0.0)
         to_hub = keep * c2 + (p2 if variant == "code" else 0.0)
         x = rnd.mixing(half).mul_(1 - on + on * (keep * (1 - c1 - c2)))
-        x.add_(on * to_best * half[best]).add_(on * to_hub * half[hub])
+        x.addcmul_(half[best], on * to_best).addcmul_(half[hub], on * to_hub)
         # on a leader round every agent also sends its loss and degree to those that mix it
         bits = deg.to(torch.float64) * BITS_PER_VALUE * (x.shape[1] + 2 * lead.to(torch.float64))
         return SGDState(x, buf), {"loss": loss, "bits": bits}

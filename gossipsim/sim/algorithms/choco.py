@@ -30,7 +30,8 @@ official example scripts use 0.45 and 0.5 with sign, their argparse default is 0
 Communication: one compressed message per agent to each active neighbour, its bits
 from the compressor's encoding; on a time-varying topology a message made while a link was down is paid
 for when the link is next up, at most a full copy of x_hat (base.delivered_bits). State tensors are updated
-in place: no (N, P) temporaries a round besides the compressor's.
+in place. On CUDA the fused kernels allocate no (N, P) a round; the torch path holds x - x_hat, the
+compressor's work and W x_hat's output, one or two at a time (tests/test_memory.py measures them).
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ def choco(lr, gamma: float = 0.5, compressor: kernels.Compressor | None = None, 
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
         x = descend_(state.x, d, schedule(rnd.t))  # X^{t+1/2}
+        del g, d  # the gradient's memory is free before the compressor's temporaries
         bits = kernels.choco_residual(x, state.x_hat, comp)  # x_hat += C(x - x_hat); (N,) bits a message
         kernels.consensus_step(x, state.x_hat, rnd.mixing, gamma)  # x += gamma (W x_hat - x_hat)
         bits = delivered_bits(state.pending, bits, rnd.mixing, x.shape[1])
@@ -91,6 +93,7 @@ def choco_parallel(lr, gamma: float = 0.5, compressor: kernels.Compressor | None
         loss, g = rnd.grad(state.x)
         d, buf = opt.direction(state.x, g, state.buf)
         y = descend_(state.x, d, schedule(rnd.t))
+        del g, d  # the gradient's memory is free before the gossip product's and the compressor's temporaries
         kernels.consensus_step(y, state.x_hat, rnd.mixing, gamma)  # last round's public copies
         bits = kernels.choco_residual(y, state.x_hat, comp)  # x_hat += C(y - x_hat); (N,) bits a message
         bits = delivered_bits(state.pending, bits, rnd.mixing, y.shape[1])

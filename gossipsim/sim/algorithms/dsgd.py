@@ -26,7 +26,9 @@ def dsgd(lr, momentum: float = 0.0, nesterov: bool = False, weight_decay: float 
     def step(state: SGDState, rnd: Round):
         loss, g = rnd.grad(state.x)  # (N,), (N, P)
         d, buf = opt.direction(state.x, g, state.buf)
-        x = rnd.mixing(descend_(state.x, d, schedule(rnd.t)))  # W (X - lr D), one (N, P) allocated: W's output
+        half = descend_(state.x, d, schedule(rnd.t))  # X - lr D, in place
+        del g, d  # the gradient's memory is free before the gossip product allocates its output
+        x = rnd.mixing(half)  # W (X - lr D), the one (N, P) the step allocates
         return SGDState(x, buf), {"loss": loss, "bits": gossip_bits(rnd.mixing, x.shape[1])}
 
     return init, step

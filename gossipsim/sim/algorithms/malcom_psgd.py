@@ -46,6 +46,7 @@ def malcom_psgd(lr, mu: float = 1e-5, gamma: float = 0.05,
         d, buf = opt.direction(state.x, g, state.buf)
         lr_t = schedule(rnd.t)
         x = descend_(state.x, d, lr_t)  # X^{t+1/2}
+        del g, d  # the gradient's memory is free before the compressor's temporaries
         bits = kernels.choco_residual(x, state.x_hat, comp)  # x_hat += Q(x - x_hat); (N,) bits a message
         kernels.consensus_step(x, state.x_hat, rnd.mixing, gamma)  # x += gamma (W x_hat - x_hat)
         if mu:
