@@ -48,7 +48,10 @@ def sign_raw(sizes, n: int, device) -> torch.Tensor:
 
 def constant(values, dtype: torch.dtype, device) -> torch.Tensor:
     """A small constant (segment sizes, taus) on the device, copied there once: a copy from pageable host
-    memory each round would wait for the device. Shared: never modify it in place."""
+    memory each round would wait for the device. Shared: never modify it in place. Traced by torch.compile, it
+    is a constant of the graph: no cache to look up (Dynamo warned of the lru_cache at every compile)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(tuple(values), dtype=dtype, device=device)
     return _constant(tuple(values), dtype, torch.device(device))
 
 
