@@ -50,6 +50,14 @@ def _batchnorm_in_float32(module: nn.Module, args: tuple) -> tuple:
     return (x.float(), *args[1:]) if x.dtype in (torch.bfloat16, torch.float16) else args
 
 
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """(1 or n, W) -> (n, W), contiguous with the default strides. An expanded (n, 0), a model without buffers,
+    counts as contiguous and would keep its stride 0, which a compiled round's (n, 0) output has not: the
+    guard failed and the round recompiled (backend=chunked)."""
+    t = t.expand(n, -1).contiguous()
+    return t if t.numel() else t.new_empty(t.shape)
+
+
 class StackedModel:
     """N copies of one architecture whose parameters are the rows of a flat (N, P) tensor.
 
@@ -128,9 +136,7 @@ class StackedModel:
                 if len(rows) == 1:  # the constants of the first agent's module are everyone's
                     self.constants = {k: b[k].detach().to(device, copy=True) for k in self.constant_names}
         x0, b0 = torch.stack(rows), torch.stack(bufs)  # (1 or N, P), (1 or N, Pbuf)
-        # clone, not contiguous(): an expanded (N, 0) (a model without buffers) counts as contiguous and kept its
-        # stride 0, which the compiled round's (N, 0) output does not have: a recompile in round 2 (chunked)
-        return tuple(t.expand(self.n, -1).clone(memory_format=torch.contiguous_format).to(device) for t in (x0, b0))
+        return _rows(x0, self.n).to(device), _rows(b0, self.n).to(device)
 
     def unflatten(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One agent's row (P,) as the template's named parameters (views, no copy)."""
