@@ -45,10 +45,7 @@ def _parse_overrides(args: list[str]) -> tuple[str | None, dict[str, str]]:
                 if i + 1 >= len(args) or args[i + 1].startswith("--"):
                     raise ConfigError(f"--{key} needs a value: --{key}=VALUE")
                 i, value = i + 1, args[i + 1]
-            name = key.replace("-", "_")
-            if values.get(name, value) != value:  # the last would win in silence: which did the user mean?
-                raise ConfigError(f"--{key} given twice, as {values[name]!r} and {value!r}; give it once")
-            values[name] = value
+            values[key.replace("-", "_")] = value
         elif path is None and arg.endswith(".toml"):
             path = arg
         else:
