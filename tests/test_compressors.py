@@ -262,3 +262,24 @@ def test_qsgd_row_blocks_give_the_symbols_of_one_block(dtype, monkeypatch, fresh
     compressed = comp.compress(r, torch.Generator().manual_seed(fresh_seed))
     once = comp.quantize(r, torch.rand(r.shape, generator=torch.Generator().manual_seed(fresh_seed), dtype=dtype))
     assert torch.equal(compressed.symbols, once.symbols) and torch.equal(compressed.scales, once.scales)
+
+
+def test_rand_k_draws_its_keys_a_row_block_at_a_time_as_one_draw_would(monkeypatch, fresh_seed):
+    from gossipsim.kernels import compressors
+
+    monkeypatch.setattr(compressors, "CPU_BLOCK_BYTES", 3 * 300 * 4)  # blocks of 3 rows of the 300-entry layer
+    comp = layered(kernels.rand_k(0.1, per="layer"))
+    r = torch.randn(7, sum(LAYERS))
+    got = comp.compress(r, torch.Generator().manual_seed(fresh_seed)).indices
+    g, parts, start = torch.Generator().manual_seed(fresh_seed), [], 0
+    for d, k in zip(LAYERS, comp.ks(sum(LAYERS))):  # one (N, d) of float64 keys a layer, in layer order
+        keys = torch.rand(7, d, generator=g, dtype=torch.float64)
+        parts.append(keys.topk(k, dim=1, sorted=False).indices.sort(1).values + start)
+        start += d
+    assert torch.equal(got, torch.cat(parts, 1))
+
+
+@pytest.mark.parametrize("make", [lambda: kernels.qsgd(4), lambda: kernels.rand_k(0.2), lambda: kernels.top_k(0.2)])
+def test_no_agents_is_an_empty_message(make):
+    dense, bits = make().roundtrip(torch.randn(0, 50))
+    assert dense.shape == (0, 50) and bits.shape == (0,)

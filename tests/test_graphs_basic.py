@@ -29,7 +29,7 @@ def test_ring_spectral_gap_closed_form(n):
 
 def test_spectral_gap_refuses_a_matrix_that_is_not_stochastic():
     W = graphs.ring(6).mixing(0).dense()
-    with pytest.raises(ConfigError, match="stochastic.*1.5"):
+    with pytest.raises(ConfigError, match="eigenvalue. is 1 .a nonnegative stochastic matrix.; this one.s is 1.5"):
         graphs.spectral_gap(1.5 * W)
 
 

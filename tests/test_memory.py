@@ -168,6 +168,9 @@ class _Peak(TorchDispatchMode):
 @pytest.mark.parametrize("keys", [
     dict(algorithm="dsgd", momentum=0.9, nesterov=True, weight_decay=5e-4),
     dict(algorithm="al_dsgd", variant="paper", momentum=0.9, weight_decay=5e-4),
+    dict(algorithm="al_dsgd", variant="paper", momentum=0.9, nesterov=True, weight_decay=5e-4),
+    dict(algorithm="adacons", momentum=0.9, nesterov=True, weight_decay=5e-4),
+    dict(algorithm="choco", compressor="rand_k:0.1"),
     dict(algorithm="choco", compressor="qsgd:16", momentum=0.9, weight_decay=5e-4),
     dict(algorithm="choco", compressor="top_k:0.1"),
     dict(algorithm="adagossip", compressor="top_k:0.1", momentum=0.9, weight_decay=5e-4),
@@ -175,8 +178,9 @@ class _Peak(TorchDispatchMode):
 ], ids=lambda k: "-".join(str(v) for v in k.values()))
 def test_a_round_holds_no_more_than_the_estimate_beside_the_state(keys):
     """Measured on the CPU's heap: the rounds of these took up to twice the estimated gradient and temporaries
-    (fresh momentum, weight-decay and Nesterov arrays, the gradient held through the gossip product, an (N, P) of
-    QSGD's uniforms), so a run that passed the preflight could still not fit."""
+    (fresh momentum, weight-decay and Nesterov arrays, the gradient held through the gossip product and AL-DSGD's
+    pulls, an (N, P) of QSGD's uniforms, rand-k's float64 keys), so a run that passed the preflight could still
+    not fit."""
     from gossipsim.sim import Config, build
 
     engine = build(Config(dataset="synthetic", model="mlp", agents=16, batch_size=8, rounds=5, eval_every=1000,

@@ -244,12 +244,13 @@ def _sinkhorn(W: torch.Tensor, iterations: int = 100) -> torch.Tensor:
 def spectral_gap(W: torch.Tensor) -> torch.Tensor:
     """1 - |lambda_2(W)|, the second largest eigenvalue modulus; the speed of gossip averaging.
 
-    Defined for a stochastic W, whose largest eigenvalue modulus is 1: for any other matrix the
-    difference measures nothing, so it is refused."""
+    Defined where the largest eigenvalue modulus is 1, as for a nonnegative stochastic W: for any other
+    matrix the difference measures nothing, so it is refused. A MATCHA round's W_t = I - alpha L_t can have
+    negative self-weights and a larger modulus; rho(W) measures any W."""
     ev = torch.linalg.eigvals(W.to(torch.float64)).abs().sort(descending=True).values
     if abs(float(ev[0]) - 1) > 1e-6:
-        raise ConfigError(f"spectral_gap needs a stochastic mixing matrix (largest |eigenvalue| 1); this one's is "
-                          f"{float(ev[0]):.6g}")
+        raise ConfigError(f"spectral_gap needs a W whose largest |eigenvalue| is 1 (a nonnegative stochastic "
+                          f"matrix); this one's is {float(ev[0]):.6g}: graphs.rho(W) measures any W")
     return 1 - ev[1]
 
 

@@ -58,7 +58,7 @@ def row_blocks(x: torch.Tensor) -> list[slice]:
     if x.device.type != "cpu":
         return [slice(0, n)]
     rows = max(1, CPU_BLOCK_BYTES // max(1, p * x.element_size()))
-    return [slice(a, a + rows) for a in range(0, n, rows)]
+    return [slice(a, a + rows) for a in range(0, n, rows)] or [slice(0, 0)]  # (0, P): one empty block
 
 
 def expand(per_segment: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
@@ -302,11 +302,14 @@ class RandK(Compressor):
         n, width = r.shape
         parts, start = [], 0
         for d, k in zip(self.segments(width), self.ks(width)):
-            # (N, d) a random order per row. float64: float32 keys take 2^24 values, so a 10M layer has ties, which
-            # topk breaks by position (the first of a tied pair at the cut is kept), not at random
-            keys = torch.rand(n, d, generator=generator, device=r.device, dtype=torch.float64)
-            idx = keys.topk(k, dim=1, sorted=False).indices.sort(1).values + start
-            parts.append(idx)
+            # A random order per row: the k largest of (N, d) uniform keys, drawn a block of rows at a time on a
+            # CPU (row_blocks: the same draws as one (N, d) tensor, which at 8 bytes a key would be twice r).
+            # float64: float32 keys take 2^24 values, so a 10M layer has ties, which topk breaks by position (the
+            # first of a tied pair at the cut is kept), not at random
+            seg = r[:, start:start + d]  # (N, d)
+            idx = torch.cat([torch.rand(seg[rows].shape, generator=generator, device=r.device, dtype=torch.float64)
+                             .topk(k, dim=1, sorted=False).indices for rows in row_blocks(seg)])  # (N, k)
+            parts.append(idx.sort(1).values + start)
             start += d
         indices = torch.cat(parts, 1)  # (N, K)
         values = r.gather(1, indices)
@@ -358,11 +361,11 @@ class QSGD(Compressor):
         # Half precision is quantized in float32, its scales sent in its own dtype: in bf16 arithmetic (an 8-bit
         # mantissa) the stochastic rounding was biased by about 2% of a level.
         work = r.to(torch.promote_types(r.dtype, torch.float32))
-        # A block of rows at a time on a CPU (row_blocks): the same draws as one (N, P) uniform tensor, which a
-        # round then never holds (it was half the step's temporaries beyond a gradient's)
+        # A block of rows at a time on a CPU (row_blocks): the same draws as one (N, P) uniform tensor, which the
+        # round then never holds beside r and the symbols
         parts = [self.quantize(work[rows], torch.rand(work[rows].shape, generator=generator, device=r.device,
                                                       dtype=work.dtype))
-                 for rows in row_blocks(work)]
+                 for rows in row_blocks(work)]  # Quantized of (rows, P) symbols and (rows, L) scales
         symbols = parts[0].symbols if len(parts) == 1 else torch.cat([m.symbols for m in parts])  # (N, P) int16
         scales = torch.cat([m.scales for m in parts]) if len(parts) > 1 else parts[0].scales  # (N, L)
         return Quantized(symbols, scales.to(r.dtype), self.levels)
@@ -399,7 +402,8 @@ class QSGD(Compressor):
 
     def decompress(self, message):
         symbols, scales, _ = _message(self, message, Quantized)
-        return symbols.to(scales.dtype).mul_(expand(scales, self.segments(symbols.shape[1])))  # the cast is new
+        # (N, P) in place: the cast made it, and an (N, P) product beside it would be one temporary more
+        return symbols.to(scales.dtype).mul_(expand(scales, self.segments(symbols.shape[1])))
 
     def bits(self, message):
         message = _message(self, message, Quantized)

@@ -52,9 +52,9 @@ class LocalSGD:
 
     def direction(self, x: torch.Tensor, g: torch.Tensor, buf: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The step direction d (N, P) with x_next = x - lr*d, and the new momentum buffer: `buf` itself,
-        updated in place, so a round allocates at most one (N, P) here (two with weight decay and Nesterov).
-        g is never written: it may be a broadcast view (all-reduce's mean gradient)."""
+        """The step direction d (N, P) with x_next = x - lr*d, and the new momentum buffer: the caller's `buf`
+        itself, updated in place, so a round allocates at most one (N, P) here (two with weight decay and
+        Nesterov). g is never written: it may be a broadcast view (all-reduce's mean gradient)."""
         d = torch.add(g, x, alpha=self.weight_decay) if self.weight_decay else g
         if buf is None:
             return d, None

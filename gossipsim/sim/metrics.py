@@ -115,13 +115,13 @@ def average(x: torch.Tensor, block_entries: int = 2**24) -> torch.Tensor:
 
 def consensus_distance(x: torch.Tensor, block_entries: int = 2**24) -> torch.Tensor:
     """(1/N) sum_i ||x_i - x_bar||^2 for x (N, P), as a 0-dim float64 tensor. In float64, a block of columns
-    at a time: a float64 copy of all of x would need twice the memory of x (23 GB for 256 ResNet-18s), and one
-    block copy is all it holds (three, before: an evaluation of a small model then took twice its estimate)."""
+    at a time: a float64 copy of all of x would need twice the memory of x (23 GB for 256 ResNet-18s). One
+    block copy, worked on in place, is all it holds: an evaluation must fit in a round's memory."""
     n, p = x.shape
     step = max(1, block_entries // n)  # columns a block: 16M entries, 128 MiB in float64
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for c in range(0, p, step):
-        block = x[:, c:c + step].to(torch.float64, copy=True)  # a copy even of float64 x: it is written
+        block = x[:, c:c + step].to(torch.float64, copy=True)  # (N, step), a copy even of float64 x: it is written
         total += block.sub_(block.mean(0, keepdim=True)).square_().sum()
     return total / n
 

@@ -68,10 +68,11 @@ def adacons(lr, beta: float = 0.99, eps: float = 1e-8, rescale: bool = False, mo
         ok = total > GUARD * w.abs().sum()
         scale = norms.mean() if rescale else 1.0
         agg = torch.where(ok, (w / total * scale / norms) @ g, g_bar)  # (P,)
+        del g  # only its aggregate is needed now: free before weight decay and Nesterov allocate theirs
         d, buf = opt.direction(state.x, agg.expand(n, p), state.buf)
         x = descend_(state.x, d, schedule(rnd.t))
         bits = (2 * 2 * (n - 1) / n * BITS_PER_VALUE * p + BITS_PER_VALUE * (n - 1))
         return AdaConsState(x, buf, m, state.steps + 1), {
-            "loss": loss, "bits": torch.full((n,), bits, dtype=torch.float64, device=g.device)}
+            "loss": loss, "bits": torch.full((n,), bits, dtype=torch.float64, device=x.device)}
 
     return init, step

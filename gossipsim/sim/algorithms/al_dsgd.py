@@ -78,11 +78,12 @@ def al_dsgd(lr, c1: float = 0.3, c2: float = 0.1, p1: float = 0.2, p2: float = 0
         lead = rnd.t % every == 0  # 0-dim bool
         on = (lead & rnd.mixing.links.any(1)).to(state.x.dtype).unsqueeze(1)  # (N, 1)
         d, buf = opt.direction(state.x, g, state.buf)
+        del g  # what the step needs of it is in d: unless d is g, its memory is free before the pulls
         if variant == "paper":  # d + on (p1 (x - x_best) + p2 (x - x_hub)), one gathered (N, P) at a time
-            pull = torch.mul(state.x, p1 + p2).sub_(state.x[best], alpha=p1).sub_(state.x[hub], alpha=p2)
+            pull = torch.mul(state.x, p1 + p2).sub_(state.x[best], alpha=p1).sub_(state.x[hub], alpha=p2)  # (N, P)
             d = pull.mul_(on).add_(d)
         half = descend_(state.x, d, schedule(rnd.t))  # X^{t+1/2}, in place: x is not read again
-        del g, d  # the gradient's memory is free before the gossip product allocates its output
+        del d  # free before the gossip product allocates its output
         keep = 1 - p1 - p2 if variant == "code" else 1.0
         to_best = keep * c1 + (p1 if variant == "code" else 0.0)
         to_hub = keep * c2 + (p2 if variant == "code" else 0.0)
